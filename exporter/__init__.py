@@ -1,0 +1,5 @@
+"""pg-health-exporter: a Prometheus exporter for PostgreSQL health."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

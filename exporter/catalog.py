@@ -1,0 +1,267 @@
+"""The collector catalog: TOML files under queries/ (and user directories), validated strictly.
+
+A collector file declares one collector: its SQL variants by server version, its scope, and
+each result column by name as a label or a metric. Loading fails on the first problem with a
+one-line message naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from exporter.errors import CatalogError
+from exporter.settings import describe_validation_error
+
+METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+COLLECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_PREFIXES = ("pg_exporter_", "pg_up", "process_", "python_")
+PROFILE_RANK = {"minimal": 0, "standard": 1, "full": 2}
+
+Usage = Literal["label", "gauge", "counter", "histogram", "discard"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """How one result column becomes a label or a metric."""
+
+    usage: Usage
+    description: str = Field(min_length=1)
+    rename: str | None = None
+    scale: float | None = None
+    default: float | None = None
+    buckets: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _buckets_only_for_histograms(self) -> ColumnSpec:
+        if self.usage == "histogram":
+            if not self.buckets:
+                raise ValueError("a histogram column needs 'buckets'")
+            if list(self.buckets) != sorted(set(self.buckets)):
+                raise ValueError("'buckets' must be strictly increasing")
+        elif self.buckets is not None:
+            raise ValueError("'buckets' is only for histogram columns")
+        if self.usage in ("label", "discard") and (
+            self.scale is not None or self.default is not None
+        ):
+            raise ValueError(f"'scale' and 'default' do not apply to a {self.usage} column")
+        return self
+
+
+class VariantSpec(_Strict):
+    """One SQL text and the server versions it serves: [min_version, max_version)."""
+
+    min_version: int | None = None
+    max_version: int | None = None
+    sql: str = Field(min_length=1)
+
+    @field_validator("min_version", "max_version")
+    @classmethod
+    def _version_num(cls, version: int | None) -> int | None:
+        # Accept a major version (13) or server_version_num (130000).
+        if version is not None and version < 100:
+            return version * 10000
+        return version
+
+    @model_validator(mode="after")
+    def _range_not_empty(self) -> VariantSpec:
+        if (
+            self.min_version is not None
+            and self.max_version is not None
+            and self.min_version >= self.max_version
+        ):
+            raise ValueError("min_version must be below max_version")
+        return self
+
+
+class CollectorSpec(_Strict):
+    """One collector: what it asks PostgreSQL and how the answer becomes metrics."""
+
+    name: str = Field(pattern=COLLECTOR_NAME.pattern)
+    help: str = Field(min_length=1)
+    namespace: str = Field(pattern=METRIC_NAME.pattern)
+    scope: Literal["cluster", "database"]
+    profile: Literal["minimal", "standard", "full"] = "standard"
+    enabled: bool = True
+    ttl: float = Field(default=0, ge=0)
+    timeout: float | None = Field(default=None, gt=0)
+    max_series: int = Field(default=100_000, ge=1)
+    requires_extension: str | None = None
+    recovery: Literal["any", "primary", "standby"] = "any"
+    predicate: str | None = None
+    variants: tuple[VariantSpec, ...] = Field(alias="variant", min_length=1)
+    columns: dict[str, ColumnSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CollectorSpec:
+        if self.namespace.startswith(RESERVED_PREFIXES):
+            raise ValueError(f"namespace {self.namespace!r} is reserved for the exporter itself")
+        usages = {column.usage for column in self.columns.values()}
+        if not usages & {"gauge", "counter", "histogram"}:
+            raise ValueError("columns: declare at least one gauge, counter or histogram")
+        if "histogram" in usages and usages & {"gauge", "counter"}:
+            raise ValueError(
+                "columns: a histogram collector has only label and histogram columns"
+                " (each row is one observation)"
+            )
+        for column, spec in self.columns.items():
+            _check_column_names(self.namespace, column, spec)
+        check_variants_disjoint(self.variants)
+        return self
+
+    def metric_name(self, column: str) -> str:
+        """Return the full metric (family) name of a metric column."""
+        return f"{self.namespace}_{self.columns[column].rename or column}"
+
+    def label_name(self, column: str) -> str:
+        """Return the label name of a label column."""
+        return self.columns[column].rename or column
+
+    def metric_names(self) -> list[str]:
+        """Return every family name this collector can emit."""
+        return [
+            self.metric_name(column)
+            for column, spec in self.columns.items()
+            if spec.usage in ("gauge", "counter", "histogram")
+        ]
+
+
+def _check_column_names(namespace: str, column: str, spec: ColumnSpec) -> None:
+    where = f"columns.{column}"
+    if spec.usage == "label":
+        label = spec.rename or column
+        if not LABEL_NAME.match(label) or label.startswith("__") or label == "le":
+            raise ValueError(f"{where}: {label!r} is not a valid label name")
+        return
+    if spec.usage == "discard":
+        return
+    name = f"{namespace}_{spec.rename or column}"
+    if not METRIC_NAME.match(name):
+        raise ValueError(f"{where}: {name!r} is not a valid metric name")
+    if spec.usage == "counter" and not name.endswith("_total"):
+        raise ValueError(f"{where}: counter {name!r} must end in '_total'")
+    if spec.usage != "counter" and name.endswith("_total"):
+        raise ValueError(f"{where}: only counters end in '_total' ({name!r})")
+    if spec.usage == "histogram" and name.endswith(("_bucket", "_sum", "_count")):
+        raise ValueError(f"{where}: histogram {name!r} must not end in _bucket, _sum or _count")
+
+
+def check_variants_disjoint(variants: Sequence[VariantSpec]) -> None:
+    """Raise ValueError if two variants' version ranges overlap.
+
+    >>> check_variants_disjoint([VariantSpec(max_version=17, sql="a"),
+    ...                          VariantSpec(min_version=17, sql="b")])
+    >>> check_variants_disjoint([VariantSpec(sql="a"), VariantSpec(min_version=17, sql="b")])
+    Traceback (most recent call last):
+    ...
+    ValueError: variants 1 and 2 overlap in their version ranges
+    """
+    bounds = [(v.min_version or 0, v.max_version or 10**9) for v in variants]
+    for i, (low_a, high_a) in enumerate(bounds):
+        for j in range(i + 1, len(bounds)):
+            low_b, high_b = bounds[j]
+            if low_a < high_b and low_b < high_a:
+                raise ValueError(f"variants {i + 1} and {j + 1} overlap in their version ranges")
+
+
+def choose_variant(variants: Sequence[VariantSpec], version_num: int) -> VariantSpec | None:
+    """Return the variant whose [min_version, max_version) range holds the server's version.
+
+    >>> table = [VariantSpec(max_version=17, sql="old"), VariantSpec(min_version=17, sql="new")]
+    >>> choose_variant(table, 160004).sql
+    'old'
+    >>> choose_variant(table, 170000).sql
+    'new'
+    >>> choose_variant([VariantSpec(min_version=16, sql="io")], 150000) is None
+    True
+    """
+    for variant in variants:
+        if (variant.min_version or 0) <= version_num < (variant.max_version or 10**9):
+            return variant
+    return None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every collector loaded, in a stable order, with the file each came from."""
+
+    collectors: tuple[CollectorSpec, ...]
+    sources: dict[str, str]
+
+    def selected(self, *, profile: str, disabled: Iterable[str] = ()) -> tuple[CollectorSpec, ...]:
+        """Return the enabled collectors of this profile, minus those disabled by name."""
+        skip = set(disabled)
+        rank = PROFILE_RANK[profile]
+        return tuple(
+            spec
+            for spec in self.collectors
+            if spec.enabled and spec.name not in skip and PROFILE_RANK[spec.profile] <= rank
+        )
+
+
+def load_collector_file(path: Path | str, text: str) -> CollectorSpec:
+    """Parse and validate one collector file; raise CatalogError naming the file and field."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return CollectorSpec.model_validate(document)
+    except ValidationError as exc:
+        raise CatalogError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def builtin_files() -> list[tuple[str, str]]:
+    """Return (name, text) for each collector file shipped in the package."""
+    root = resources.files("exporter.queries")
+    return sorted(
+        (f"queries/{entry.name}", entry.read_text(encoding="utf-8"))
+        for entry in root.iterdir()
+        if entry.name.endswith(".toml")
+    )
+
+
+def directory_files(directory: Path) -> list[tuple[str, str]]:
+    """Return (path, text) for each collector file in a user directory."""
+    if not directory.is_dir():
+        raise CatalogError(f"{directory}: collector directory does not exist")
+    return [
+        (str(path), path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.toml"))
+    ]
+
+
+def load_catalog(extra_dirs: Sequence[Path] = (), *, builtin: bool = True) -> Catalog:
+    """Load the built-in catalog and every user directory; raise CatalogError on any problem."""
+    files = builtin_files() if builtin else []
+    for directory in extra_dirs:
+        files.extend(directory_files(directory))
+    collectors: list[CollectorSpec] = []
+    sources: dict[str, str] = {}
+    metric_owner: dict[str, str] = {}
+    for path, text in files:
+        spec = load_collector_file(path, text)
+        if spec.name in sources:
+            raise CatalogError(
+                f"{path}: name: collector {spec.name!r} is already defined in {sources[spec.name]}"
+            )
+        for metric in spec.metric_names():
+            if metric in metric_owner:
+                raise CatalogError(
+                    f"{path}: columns: metric {metric!r} is already emitted by collector"
+                    f" {metric_owner[metric]!r}"
+                )
+            metric_owner[metric] = spec.name
+        sources[spec.name] = path
+        collectors.append(spec)
+    return Catalog(collectors=tuple(collectors), sources=sources)

@@ -1,0 +1,154 @@
+"""Settings: a TOML file, environment variables and the command line, validated once at start."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from exporter.dsn import parse_dsn
+from exporter.errors import ConfigError
+
+Profile = Literal["minimal", "standard", "full"]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every setting of the exporter; `config.example.toml` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PG_EXPORTER_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    data_source_name: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "data_source_name", "DATA_SOURCE_NAME", "PG_EXPORTER_DATA_SOURCE_NAME"
+        ),
+    )
+    listen_address: str = ":9187"
+    collector_dirs: list[Path] = []
+    profile: Profile = "standard"
+    disabled_collectors: list[str] = []
+    include_databases: list[str] = []
+    exclude_databases: list[str] = []
+    max_databases: int = Field(default=100, ge=1)
+    pool_size: int = Field(default=2, ge=1, le=20)
+    connect_timeout_seconds: PositiveSeconds = 5.0
+    statement_timeout_seconds: PositiveSeconds = 10.0
+    lock_timeout_seconds: PositiveSeconds = 1.0
+    scrape_timeout_seconds: PositiveSeconds = 10.0
+    scrape_timeout_margin_seconds: float = Field(default=0.5, ge=0)
+    long_query_threshold_seconds: float = Field(default=30.0, ge=0)
+    top_n: int = Field(default=20, ge=1, le=1000)
+    application_name: str = "pg-health-exporter"
+    gzip_level: int = Field(default=1, ge=1, le=9)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("include_databases", "exclude_databases")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+        return patterns
+
+    @field_validator("data_source_name")
+    @classmethod
+    def _dsn_parses(cls, dsn: SecretStr | None) -> SecretStr | None:
+        if dsn is not None:
+            try:
+                parse_dsn(dsn.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(str(exc).split(": ", 1)[1]) from None
+        return dsn
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen_address_parses(cls, address: str) -> str:
+        listen_host_port(address)
+        return address
+
+    @property
+    def dsn(self) -> str:
+        """Return the DSN, or libpq's defaults (PGHOST, PGUSER, ...) when none is set."""
+        return self.data_source_name.get_secret_value() if self.data_source_name else ""
+
+    def sql_parameters(self) -> dict[str, Any]:
+        """Return the values a collector's SQL may reference as %(name)s."""
+        return {
+            "long_query_threshold_seconds": self.long_query_threshold_seconds,
+            "top_n": self.top_n,
+        }
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Command line over environment over file, as operators expect.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_config_file))
+        return tuple(sources)
+
+
+_config_file: Path | None = None
+
+
+def listen_host_port(address: str) -> tuple[str, int]:
+    """Split 'HOST:PORT' (HOST may be empty for all interfaces).
+
+    >>> listen_host_port(":9187")
+    ('0.0.0.0', 9187)
+    >>> listen_host_port("127.0.0.1:9999")
+    ('127.0.0.1', 9999)
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return (host.strip("[]") or "0.0.0.0", int(port))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings; raise ConfigError with one line naming the source and the field."""
+    global _config_file
+    source = str(config_file) if config_file else "settings"
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: no such file")
+        import tomllib
+
+        try:
+            tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+    _config_file = config_file
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+    finally:
+        _config_file = None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Return the first error of a pydantic ValidationError as 'field.path: message'."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"

@@ -1,0 +1,232 @@
+"""Turn a collector's rows into finished exposition lines, grouped by metric family.
+
+This is the scrape's hot path: a label block is built once per row and shared by every metric
+of that row, and no object is made per sample beyond its line of text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from exporter.catalog import CollectorSpec
+from exporter.errors import CollectorFailed
+
+
+@dataclass
+class Family:
+    """One metric family: its header facts and its finished sample lines."""
+
+    name: str
+    type: str
+    help: str
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CollectorOutput:
+    """What one collector produced from one database: families and the series it dropped."""
+
+    families: list[Family]
+    series: int
+    dropped_duplicates: int = 0
+    dropped_over_limit: int = 0
+
+
+def escape_label_value(value: str) -> str:
+    r"""Escape a label value for both text formats.
+
+    >>> escape_label_value('a"b\\c\nd')
+    'a\\"b\\\\c\\nd'
+    """
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def format_float(value: float) -> str:
+    """Render a float as Prometheus expects, including NaN and infinities.
+
+    >>> format_float(0.5), format_float(float("inf")), format_float(3.0)
+    ('0.5', '+Inf', '3.0')
+    """
+    if math.isfinite(value):
+        return repr(value)
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+def to_number(value: Any) -> float | int | None:
+    """Convert a value from PostgreSQL to a number: timestamps become unix seconds.
+
+    >>> to_number(True), to_number(Decimal("1.5")), to_number(timedelta(minutes=1))
+    (1, 1.5, 60.0)
+    """
+    kind = type(value)
+    if kind is int or kind is float:
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        return None
+    if kind is bool:
+        return int(value)
+    if kind is Decimal:
+        return float(value)
+    if kind is datetime:
+        return float(value.timestamp())
+    if kind is timedelta:
+        return float(value.total_seconds())
+    if kind is str:
+        try:
+            return float(value)
+        except ValueError:
+            raise CollectorFailed(f"value {value[:40]!r} is not a number") from None
+    raise CollectorFailed(f"a value of type {kind.__name__} is not a number")
+
+
+def label_text(value: Any) -> str:
+    """Render a label value from PostgreSQL as text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class _MetricColumn:
+    index: int
+    family: Family
+    scale: float | None
+    default: float | None
+    buckets: tuple[float, ...]
+
+
+class RowRenderer:
+    """Render rows of one collector whose result columns are known."""
+
+    def __init__(self, spec: CollectorSpec, column_names: Sequence[str]) -> None:
+        declared = set(spec.columns)
+        missing = [name for name in spec.columns if name not in column_names]
+        if missing:
+            raise CollectorFailed(f"query returned no column {missing[0]!r}")
+        extra = [name for name in column_names if name not in declared]
+        if extra:
+            raise CollectorFailed(f"query returned undeclared column {extra[0]!r}")
+        self.spec = spec
+        self.families: list[Family] = []
+        self.label_indexes: list[int] = []
+        self.label_names: list[str] = []
+        self.metrics: list[_MetricColumn] = []
+        for index, column in enumerate(column_names):
+            column_spec = spec.columns[column]
+            if column_spec.usage == "label":
+                self.label_indexes.append(index)
+                self.label_names.append(spec.label_name(column))
+            elif column_spec.usage in ("gauge", "counter", "histogram"):
+                family = Family(
+                    name=spec.metric_name(column),
+                    type=column_spec.usage,
+                    help=column_spec.description,
+                )
+                self.families.append(family)
+                self.metrics.append(
+                    _MetricColumn(
+                        index,
+                        family,
+                        column_spec.scale,
+                        column_spec.default,
+                        column_spec.buckets or (),
+                    )
+                )
+
+    def render(self, rows: Iterable[Sequence[Any]]) -> CollectorOutput:
+        """Render every row; drop duplicate label sets and series beyond max_series."""
+        if self.metrics and self.metrics[0].family.type == "histogram":
+            return self._render_histograms(rows)
+        seen: set[tuple[Any, ...]] = set()
+        label_indexes = self.label_indexes
+        label_names = self.label_names
+        metrics = self.metrics
+        limit = self.spec.max_series
+        series = duplicates = over_limit = 0
+        for row in rows:
+            key = tuple([row[i] for i in label_indexes])
+            if key in seen:
+                duplicates += len(metrics)
+                continue
+            seen.add(key)
+            block = _label_block(label_names, key)
+            for metric in metrics:
+                value = row[metric.index]
+                number = to_number(value) if type(value) is not int else value
+                if number is None:
+                    if metric.default is None:
+                        continue
+                    number = metric.default
+                if metric.scale is not None:
+                    number = number * metric.scale
+                if series >= limit:
+                    over_limit += 1
+                    continue
+                series += 1
+                text = str(number) if type(number) is int else format_float(number)
+                metric.family.lines.append(f"{metric.family.name}{block} {text}\n")
+        return CollectorOutput(self.families, series, duplicates, over_limit)
+
+    def _render_histograms(self, rows: Iterable[Sequence[Any]]) -> CollectorOutput:
+        # Each row is one observation; rows with the same labels make one histogram.
+        groups: dict[tuple[Any, ...], list[Sequence[Any]]] = {}
+        for row in rows:
+            groups.setdefault(tuple([row[i] for i in self.label_indexes]), []).append(row)
+        series = over_limit = 0
+        for metric in self.metrics:
+            buckets = metric.buckets
+            for key, group in groups.items():
+                values = [_observation(row[metric.index], metric) for row in group]
+                observed = [v for v in values if v is not None]
+                if series + len(buckets) + 3 > self.spec.max_series:
+                    over_limit += len(buckets) + 3
+                    continue
+                series += len(buckets) + 3
+                name = metric.family.name
+                for bound in buckets:
+                    le = f'le="{format_float(float(bound))}"'
+                    block = _label_block(self.label_names, key, le)
+                    count = sum(1 for v in observed if v <= bound)
+                    metric.family.lines.append(f"{name}_bucket{block} {count}\n")
+                block = _label_block(self.label_names, key, 'le="+Inf"')
+                metric.family.lines.append(f"{name}_bucket{block} {len(observed)}\n")
+                block = _label_block(self.label_names, key)
+                metric.family.lines.append(
+                    f"{name}_sum{block} {format_float(float(sum(observed)))}\n"
+                )
+                metric.family.lines.append(f"{name}_count{block} {len(observed)}\n")
+        return CollectorOutput(self.families, series, 0, over_limit)
+
+
+def _observation(value: Any, metric: _MetricColumn) -> float | None:
+    number = to_number(value)
+    if number is None:
+        number = metric.default
+    if number is not None and metric.scale is not None:
+        number = number * metric.scale
+    return None if number is None else float(number)
+
+
+def _label_block(names: Sequence[str], values: Sequence[Any], extra: str = "") -> str:
+    parts = [
+        f'{name}="{escape_label_value(label_text(value))}"'
+        for name, value in zip(names, values, strict=True)
+    ]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""

@@ -1,0 +1,390 @@
+"""One monitored PostgreSQL server: its pools, its collector cache and its scrapes.
+
+A scrape makes one round trip (pg_up, version, recovery, databases), plans the collectors,
+runs them over small reused connections, one per database, and returns a finished snapshot.
+Concurrent scrapes share the collection in flight instead of opening more connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from exporter.catalog import CollectorSpec
+from exporter.dsn import redact_dsn, scrub, secrets_of
+from exporter.errors import CollectorFailed
+from exporter.plan import PlannedQuery, ServerInfo, plan_queries, select_databases
+from exporter.settings import Settings
+from exporter.snapshot import CollectorOutput, Family, RowRenderer, format_float
+
+log = logging.getLogger(__name__)
+
+PROBE_SQL = """\
+SELECT current_setting('server_version_num')::int,
+       pg_is_in_recovery(),
+       current_database(),
+       ARRAY(SELECT datname FROM pg_database
+             WHERE datallowconn AND NOT datistemplate
+               AND has_database_privilege(datname, 'CONNECT')
+             ORDER BY datname)"""
+
+EXTENSIONS_SQL = "SELECT extname FROM pg_extension"
+
+
+@dataclass
+class CollectorRun:
+    """The outcome of one collector on one database in one scrape."""
+
+    collector: str
+    datname: str
+    output: CollectorOutput | None = None
+    error: str | None = None
+    skipped: str | None = None
+    duration: float = 0.0
+    cached: bool = False
+
+
+@dataclass
+class Snapshot:
+    """A finished scrape: every family to encode, nothing left to query."""
+
+    families: list[Family]
+    up: bool
+    duration: float
+
+
+@dataclass
+class _CacheEntry:
+    expires: float
+    output: CollectorOutput
+
+
+@dataclass
+class _Counters:
+    """Counters that live across scrapes, keyed by collector name."""
+
+    errors: dict[str, int] = field(default_factory=dict)
+    dropped: dict[tuple[str, str], int] = field(default_factory=dict)
+    scrapes: int = 0
+
+
+class Target:
+    """A PostgreSQL server to scrape, with one bounded pool and one small pool per database."""
+
+    def __init__(
+        self, name: str, dsn: str, settings: Settings, collectors: Sequence[CollectorSpec]
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.collectors = tuple(collectors)
+        self.public_dsn = redact_dsn(dsn) if dsn else "(libpq defaults)"
+        self._dsn = dsn
+        self._secrets = secrets_of(dsn)
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": settings.application_name,
+            "connect_timeout": max(1, round(settings.connect_timeout_seconds)),
+            "options": (
+                "-c default_transaction_read_only=on"
+                f" -c statement_timeout={round(settings.statement_timeout_seconds * 1000)}"
+                f" -c lock_timeout={round(settings.lock_timeout_seconds * 1000)}"
+            ),
+        }
+        self._pool = self._make_pool(dsn, min_size=1, max_size=settings.pool_size)
+        self._database_pools: dict[str, AsyncConnectionPool] = {}
+        self._parallel = asyncio.Semaphore(settings.pool_size)
+        self._cache: dict[tuple[str, str], _CacheEntry] = {}
+        self._counters = _Counters()
+        self._inflight: asyncio.Task[Snapshot] | None = None
+        self._logged: set[tuple[str, str]] = set()
+        self._was_up: bool | None = None
+        self.last_runs: list[CollectorRun] = []
+
+    def _make_pool(self, conninfo: str, *, min_size: int, max_size: int) -> AsyncConnectionPool:
+        return AsyncConnectionPool(
+            conninfo,
+            kwargs=self._connect_kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.settings.connect_timeout_seconds,
+            reconnect_timeout=0,
+            max_idle=300,
+            name=f"{self.name}",
+        )
+
+    async def open(self) -> None:
+        """Start the pool without waiting: the exporter serves even if the server is down."""
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        """Close every pool."""
+        if self._inflight is not None:
+            self._inflight.cancel()
+        pools = [self._pool, *self._database_pools.values()]
+        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+
+    def connection_bound(self) -> int:
+        """Return the most connections this target may hold at once."""
+        return self.settings.pool_size + self.settings.max_databases
+
+    async def scrape(self, timeout: float) -> Snapshot:
+        """Collect, or join the collection already in flight for this target."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.create_task(self._collect(timeout))
+        return await asyncio.shield(self._inflight)
+
+    async def _collect(self, timeout: float) -> Snapshot:
+        started = time.monotonic()
+        deadline = started + timeout
+        self._counters.scrapes += 1
+        try:
+            async with asyncio.timeout(timeout):
+                server = await self._probe()
+        except (TimeoutError, psycopg.Error, PoolTimeout) as exc:
+            self._note_down(exc)
+            return self._finish(started, up=False, runs=[], server=None)
+        self._note_up()
+        runs = await self._run_all(server, deadline)
+        return self._finish(started, up=True, runs=runs, server=server)
+
+    async def _probe(self) -> ServerInfo:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(PROBE_SQL)
+            row = await cursor.fetchone()
+        assert row is not None
+        version_num, in_recovery, database, databases = row
+        return ServerInfo(int(version_num), bool(in_recovery), str(database), tuple(databases))
+
+    async def _run_all(self, server: ServerInfo, deadline: float) -> list[CollectorRun]:
+        planned, skipped = plan_queries(self.collectors, server)
+        runs = [CollectorRun(s.spec.name, "", skipped=s.reason) for s in skipped]
+        cluster = [p for p in planned if p.spec.scope == "cluster"]
+        per_database = [p for p in planned if p.spec.scope == "database"]
+        work: dict[str, list[PlannedQuery]] = {server.database: list(cluster)}
+        for name in self._databases_to_scrape(server) if per_database else []:
+            work.setdefault(name, []).extend(per_database)
+        pending_runs: dict[str, list[CollectorRun]] = {
+            name: [
+                CollectorRun(p.spec.name, name if p.spec.scope == "database" else "")
+                for p in queries
+            ]
+            for name, queries in work.items()
+        }
+        tasks = [
+            asyncio.create_task(
+                self._run_database(
+                    name, work[name], pending_runs[name], deadline, main=name == server.database
+                )
+            )
+            for name in work
+        ]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for database_runs in pending_runs.values():
+            for run in database_runs:
+                if run.output is None and run.error is None and run.skipped is None:
+                    run.error = "scrape deadline exceeded"
+            runs.extend(database_runs)
+        return runs
+
+    def _databases_to_scrape(self, server: ServerInfo) -> list[str]:
+        # The DSN's own database first, so it is never the one cut by max_databases.
+        ordered = [server.database, *(n for n in server.databases if n != server.database)]
+        return select_databases(
+            ordered,
+            include=self.settings.include_databases,
+            exclude=self.settings.exclude_databases,
+            limit=self.settings.max_databases,
+        )
+
+    def _pool_for(self, database: str, main: bool) -> AsyncConnectionPool:
+        if main:
+            return self._pool
+        pool = self._database_pools.get(database)
+        if pool is None:
+            pool = self._make_pool(
+                make_conninfo(self._dsn, dbname=database), min_size=0, max_size=1
+            )
+            self._database_pools[database] = pool
+        return pool
+
+    async def _run_database(
+        self,
+        database: str,
+        queries: list[PlannedQuery],
+        runs: list[CollectorRun],
+        deadline: float,
+        *,
+        main: bool,
+    ) -> None:
+        if not queries:
+            return
+        async with self._parallel:
+            pool = self._pool_for(database, main)
+            if not main and pool.closed:
+                await pool.open(wait=False)
+            try:
+                async with pool.connection() as conn:
+                    extensions = await self._extensions(conn, queries)
+                    for query, run in zip(queries, runs, strict=True):
+                        await self._run_one(conn, query, run, extensions, deadline)
+            except (psycopg.Error, PoolTimeout) as exc:
+                message = self._describe(exc)
+                for run in runs:
+                    if run.output is None and run.skipped is None and run.error is None:
+                        run.error = message
+
+    async def _extensions(
+        self, conn: psycopg.AsyncConnection[Any], queries: list[PlannedQuery]
+    ) -> frozenset[str]:
+        if not any(query.spec.requires_extension for query in queries):
+            return frozenset()
+        cursor = await conn.execute(EXTENSIONS_SQL)
+        return frozenset(row[0] for row in await cursor.fetchall())
+
+    async def _run_one(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        query: PlannedQuery,
+        run: CollectorRun,
+        extensions: frozenset[str],
+        deadline: float,
+    ) -> None:
+        spec = query.spec
+        if spec.requires_extension and spec.requires_extension not in extensions:
+            run.skipped = f"extension {spec.requires_extension} not installed"
+            return
+        started = time.monotonic()
+        key = (spec.name, run.datname)
+        cached = self._cache.get(key)
+        if cached is not None and cached.expires > started:
+            run.output, run.cached = cached.output, True
+            return
+        timeout = min(
+            spec.timeout or self.settings.statement_timeout_seconds,
+            max(0.001, deadline - started),
+        )
+        try:
+            run.output = await self._query(conn, query, timeout)
+        except _PredicateFalse:
+            run.skipped = "predicate is false"
+        except CollectorFailed as exc:
+            run.error = str(exc)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            run.skipped = f"insufficient privilege: {self._describe(exc)}"
+        except psycopg.Error as exc:
+            run.error = self._describe(exc)
+            if conn.closed or conn.broken:
+                raise
+        finally:
+            run.duration = time.monotonic() - started
+        if run.output is not None and spec.ttl > 0:
+            self._cache[key] = _CacheEntry(started + spec.ttl, run.output)
+
+    async def _query(
+        self, conn: psycopg.AsyncConnection[Any], query: PlannedQuery, timeout: float
+    ) -> CollectorOutput | None:
+        spec = query.spec
+        async with conn.transaction(), conn.cursor() as cursor:
+            # A bound parameter keeps this one entry in pg_stat_statements, whatever the value.
+            await cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true)",
+                (str(max(1, round(timeout * 1000))),),
+            )
+            if spec.predicate:
+                await cursor.execute(spec.predicate)
+                row = await cursor.fetchone()
+                if not row or not row[0]:
+                    raise _PredicateFalse
+            params = self.settings.sql_parameters() if "%(" in query.sql else None
+            await cursor.execute(query.sql, params)
+            if cursor.description is None:
+                raise CollectorFailed("query returned no result set")
+            names = [column.name for column in cursor.description]
+            rows = await cursor.fetchall()
+        return RowRenderer(spec, names).render(rows)
+
+    def _describe(self, exc: BaseException) -> str:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return scrub(text, self._secrets)
+
+    def _note_down(self, exc: BaseException) -> None:
+        if self._was_up is not False:
+            log.warning(
+                "target %s (%s) is down: %s", self.name, self.public_dsn, self._describe(exc)
+            )
+        self._was_up = False
+
+    def _note_up(self) -> None:
+        if self._was_up is False:
+            log.warning("target %s (%s) is up again", self.name, self.public_dsn)
+        self._was_up = True
+
+    def _log_once(self, run: CollectorRun) -> None:
+        message = run.error or run.skipped or ""
+        key = (f"{run.collector}/{run.datname}", message)
+        if key in self._logged:
+            return
+        self._logged.add(key)
+        where = f" in database {run.datname!r}" if run.datname else ""
+        if run.error:
+            log.warning("collector %s failed%s: %s", run.collector, where, message)
+        else:
+            log.info("collector %s skipped%s: %s", run.collector, where, message)
+
+    def _finish(
+        self, started: float, *, up: bool, runs: list[CollectorRun], server: ServerInfo | None
+    ) -> Snapshot:
+        from exporter.exposition import merge_families
+        from exporter.selfmetrics import self_families
+
+        for run in runs:
+            if run.error:
+                self._counters.errors[run.collector] = (
+                    self._counters.errors.get(run.collector, 0) + 1
+                )
+            if run.error or run.skipped:
+                self._log_once(run)
+            if run.output is not None and not run.cached:
+                for reason, count in (
+                    ("duplicate", run.output.dropped_duplicates),
+                    ("limit", run.output.dropped_over_limit),
+                ):
+                    if count:
+                        key = (run.collector, reason)
+                        self._counters.dropped[key] = self._counters.dropped.get(key, 0) + count
+        self.last_runs = runs
+        duration = time.monotonic() - started
+        families = merge_families(run.output.families for run in runs if run.output is not None)
+        families.extend(
+            self_families(
+                up=up,
+                runs=runs,
+                server=server,
+                duration=duration,
+                errors=self._counters.errors,
+                dropped=self._counters.dropped,
+                scrapes=self._counters.scrapes,
+            )
+        )
+        return Snapshot(families=families, up=up, duration=duration)
+
+
+class _PredicateFalse(CollectorFailed):
+    """The collector's predicate said it does not apply here."""
+
+
+__all__ = ["CollectorRun", "Snapshot", "Target", "format_float"]

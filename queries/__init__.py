@@ -1,0 +1,1 @@
+"""The collector catalog: data files, one per collector (read with importlib.resources)."""
