@@ -1,0 +1,190 @@
+"""Integration: the first collectors against a real server. Build the situation, assert the number."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from tests.conftest import MONITOR_ROLE, Server
+from tests.helpers import connect, flush_stats, scrape_async
+
+
+async def test_every_collector_runs_without_error(pg: Server, database: str) -> None:
+    result = await scrape_async(pg.monitor(database))
+    assert result.value("pg_up") == 1
+    assert result.collector_errors() == {}
+
+
+async def test_dead_and_live_tuples_are_counted(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE TABLE tickets (id int PRIMARY KEY, title text)")
+        conn.execute("ALTER TABLE tickets SET (autovacuum_enabled = off)")
+        conn.execute("INSERT INTO tickets SELECT g, 'x' FROM generate_series(1, 1000) g")
+        conn.execute("DELETE FROM tickets WHERE id <= 500")
+        flush_stats(conn)
+    result = await scrape_async(pg.monitor(database))
+    labels = {"datname": database, "schemaname": "public", "relname": "tickets"}
+    assert result.value("pg_table_dead_tuples", **labels) == 500
+    assert result.value("pg_table_live_tuples", **labels) == 500
+    assert result.value("pg_table_tuples_inserted_total", **labels) == 1000
+    assert result.value("pg_table_tuples_deleted_total", **labels) == 500
+    assert not result.find("pg_table_last_vacuum_timestamp_seconds", **labels)
+
+
+async def test_vacuum_is_recorded_with_its_time(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE TABLE t (id int)")
+        conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        before = time.time()
+        conn.execute("VACUUM ANALYZE t")
+        flush_stats(conn)
+    result = await scrape_async(pg.monitor(database))
+    labels = {"datname": database, "relname": "t"}
+    assert result.value("pg_table_vacuums_total", **labels) == 1
+    assert result.value("pg_table_analyzes_total", **labels) == 1
+    assert result.value("pg_table_last_vacuum_timestamp_seconds", **labels) >= before - 1
+
+
+async def test_table_and_index_sizes(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE TABLE articles (id int PRIMARY KEY, content text)")
+        conn.execute(
+            "INSERT INTO articles SELECT g, repeat(md5(g::text), 200) FROM generate_series(1, 500) g"
+        )
+        heap, indexes, toast, pkey = conn.execute(
+            "SELECT pg_relation_size('articles'), pg_indexes_size('articles'),"
+            " pg_total_relation_size(reltoastrelid), pg_relation_size('articles_pkey')"
+            " FROM pg_class WHERE relname = 'articles'"
+        ).fetchone() or (0, 0, 0, 0)
+    result = await scrape_async(pg.monitor(database))
+    labels = {"datname": database, "relname": "articles"}
+    assert result.value("pg_table_heap_bytes", **labels) == heap > 0
+    assert result.value("pg_table_indexes_bytes", **labels) == indexes > 0
+    assert result.value("pg_table_toast_bytes", **labels) == toast > 0
+    assert result.value("pg_index_size_bytes", indexrelname="articles_pkey", **labels) == pkey
+
+
+async def test_index_scans_are_counted(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, email text)")
+        conn.execute("CREATE INDEX users_email ON users (email)")
+        conn.execute("INSERT INTO users SELECT g, g::text FROM generate_series(1, 1000) g")
+        conn.execute("ANALYZE users")
+        conn.execute("SET enable_seqscan = off")
+        for n in range(7):
+            conn.execute("SELECT * FROM users WHERE email = %s", (str(n),)).fetchall()
+        flush_stats(conn)
+    result = await scrape_async(pg.monitor(database))
+    labels = {"datname": database, "indexrelname": "users_email"}
+    assert result.value("pg_index_scans_total", **labels) == 7
+    assert result.value("pg_index_scans_total", datname=database, indexrelname="users_pkey") == 0
+
+
+async def test_connections_by_state_and_idle_in_transaction(pg: Server, database: str) -> None:
+    with (
+        psycopg.connect(pg.admin(database)) as idle_in_tx,
+        psycopg.connect(pg.admin(database), autocommit=True) as idle,
+    ):
+        idle_in_tx.execute("SELECT 1")  # opens a transaction and leaves it open
+        idle.execute("SELECT 1")
+        result = await scrape_async(pg.monitor(database), long_query_threshold_seconds=0)
+        in_tx = result.value(
+            "pg_connections", datname=database, state="idle in transaction", wait_event_type="Client"
+        )
+        assert in_tx == 1
+        assert result.value("pg_connections", datname=database, state="idle") >= 1
+        assert result.value("pg_activity_idle_in_transaction_over_threshold") >= 1
+        assert result.value("pg_activity_oldest_idle_in_transaction_seconds") > 0
+        assert result.value("pg_connections_max") == 200
+
+
+async def test_long_running_query_is_counted_and_listed(pg: Server, database: str) -> None:
+    started = threading.Event()
+
+    def sleeper() -> None:
+        with psycopg.connect(pg.admin(database), autocommit=True, application_name="reporting") as c:
+            started.set()
+            c.execute("SELECT pg_sleep(3)")
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    try:
+        started.wait()
+        time.sleep(1.5)
+        result = await scrape_async(pg.monitor(database), long_query_threshold_seconds=1)
+    finally:
+        thread.join()
+    assert result.value("pg_activity_long_running_queries") == 1
+    assert 1.4 < result.value("pg_activity_oldest_query_seconds") < 3
+    (top,) = result.find("pg_activity_long_running_query_seconds", application_name="reporting")
+    assert top.labels["usename"] == "postgres"
+    assert top.labels["state"] == "active"
+    assert top.labels["datname"] == database
+    assert int(top.labels["pid"]) > 0
+    # The same session lands in the histogram's active state, above the 1 s bucket.
+    assert result.value("pg_query_duration_seconds_bucket", state="active", le="1.0") == 0
+    assert result.value("pg_query_duration_seconds_count", state="active") >= 1
+
+
+async def test_short_queries_are_not_long_running(pg: Server, database: str) -> None:
+    result = await scrape_async(pg.monitor(database))
+    assert result.value("pg_activity_long_running_queries") == 0
+    assert not result.find("pg_activity_long_running_query_seconds")
+
+
+async def test_cache_hit_ratio_matches_the_counters(pg: Server, database: str) -> None:
+    result = await scrape_async(pg.monitor(database))
+    hit = result.value("pg_database_blks_hit_total", datname=database)
+    read = result.value("pg_database_blks_read_total", datname=database)
+    ratio = result.value("pg_database_cache_hit_ratio", datname=database)
+    assert 0 < ratio <= 1
+    assert ratio == pytest.approx(hit / (hit + read), abs=0.01)
+
+
+async def test_database_size(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE TABLE filler AS SELECT repeat('x', 1000) AS t FROM generate_series(1, 3000)")
+        (size,) = conn.execute("SELECT pg_database_size(current_database())").fetchone() or (0,)
+    result = await scrape_async(pg.monitor(database))
+    assert result.value("pg_database_size_bytes", datname=database) == pytest.approx(size, rel=0.01)
+
+
+async def test_statements_top_n(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+        conn.execute("CREATE TABLE hot (id int)")
+        for _ in range(25):
+            conn.execute("SELECT count(*) FROM hot WHERE id > 7")
+        conn.execute("SELECT pg_sleep(0.3)")
+    result = await scrape_async(pg.monitor(database), top_n=5)
+    (calls,) = [
+        s for s in result.find("pg_stat_statements_calls_total", datname=database)
+        if "FROM hot" in s.labels["query"]
+    ]
+    assert calls.value == 25
+    assert calls.labels["usename"] == "postgres"
+    slow = [
+        s for s in result.find("pg_stat_statements_exec_seconds_total", datname=database)
+        if "pg_sleep" in s.labels["query"]
+    ]
+    assert slow and slow[0].value >= 0.3
+    # Bounded: at most 3 x top_n statements, whatever the server holds.
+    assert len(result.find("pg_stat_statements_calls_total")) <= 15
+
+
+async def test_statements_skipped_cleanly_without_the_extension(pg: Server, database: str) -> None:
+    # The extension is installed in 'postgres' only; a target whose DSN points elsewhere skips.
+    result = await scrape_async(pg.monitor(database))
+    assert result.collector_errors() == {}
+    assert "statements/" in result.skipped()
+    assert "not installed" in result.skipped()["statements/"]
+    assert not result.find("pg_stat_statements_calls_total")
+
+
+def test_monitor_role_is_not_superuser(pg: Server) -> None:
+    with connect(pg.admin()) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (MONITOR_ROLE,))
+        assert row.fetchone() == (False,)
