@@ -23,7 +23,8 @@ from exporter.settings import describe_validation_error
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 COLLECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-RESERVED_PREFIXES = ("pg_exporter_", "pg_up", "process_", "python_")
+RESERVED_PREFIXES = ("pg_exporter_", "process_", "python_")
+RESERVED_NAMES = frozenset({"pg_up"})
 PROFILE_RANK = {"minimal": 0, "standard": 1, "full": 2}
 
 Usage = Literal["label", "gauge", "counter", "histogram", "discard"]
@@ -105,8 +106,6 @@ class CollectorSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSpec:
-        if self.namespace.startswith(RESERVED_PREFIXES):
-            raise ValueError(f"namespace {self.namespace!r} is reserved for the exporter itself")
         usages = {column.usage for column in self.columns.values()}
         if not usages & {"gauge", "counter", "histogram"}:
             raise ValueError("columns: declare at least one gauge, counter or histogram")
@@ -149,6 +148,8 @@ def _check_column_names(namespace: str, column: str, spec: ColumnSpec) -> None:
     name = f"{namespace}_{spec.rename or column}"
     if not METRIC_NAME.match(name):
         raise ValueError(f"{where}: {name!r} is not a valid metric name")
+    if name.startswith(RESERVED_PREFIXES) or name in RESERVED_NAMES:
+        raise ValueError(f"{where}: {name!r} is reserved for the exporter's own metrics")
     if spec.usage == "counter" and not name.endswith("_total"):
         raise ValueError(f"{where}: counter {name!r} must end in '_total'")
     if spec.usage != "counter" and name.endswith("_total"):

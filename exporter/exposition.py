@@ -11,7 +11,8 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 
 from exporter.snapshot import Family
 
-TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+# The classic text format every Prometheus since 2.0 reads (newer clients default to 1.0.0).
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -102,12 +102,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Command line over environment over file, as operators expect.
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if _config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_config_file))
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
-
-
-_config_file: Path | None = None
 
 
 def listen_host_port(address: str) -> tuple[str, int]:
@@ -126,7 +123,6 @@ def listen_host_port(address: str) -> tuple[str, int]:
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings; raise ConfigError with one line naming the source and the field."""
-    global _config_file
     source = str(config_file) if config_file else "settings"
     if config_file is not None:
         if not config_file.is_file():
@@ -137,13 +133,16 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             tomllib.loads(config_file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
-    _config_file = config_file
+    settings_cls = Settings
+    if config_file is not None:
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
+        settings_cls = cast(
+            "type[Settings]", type("FileSettings", (Settings,), {"model_config": config})
+        )
     try:
-        return Settings(**overrides)
+        return settings_cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
-    finally:
-        _config_file = None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -53,7 +53,12 @@ def _docker_engine_answers() -> bool:
         return False
     probe = "import docker; docker.from_env(timeout=2).ping()"
     try:
-        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=15).returncode == 0
+        return (
+            subprocess.run(
+                [sys.executable, "-c", probe], capture_output=True, timeout=15
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 

@@ -55,9 +55,10 @@ class Scrape:
     def value(self, name: str, **labels: str) -> float:
         """Return the one sample's value; fail if there is none or more than one."""
         found = self.find(name, **labels)
-        assert len(found) == 1, f"{name}{labels}: {len(found)} samples\n" + "\n".join(
-            line for line in self.text.splitlines() if line.startswith(name)
-        )[:3000]
+        assert len(found) == 1, (
+            f"{name}{labels}: {len(found)} samples\n"
+            + "\n".join(line for line in self.text.splitlines() if line.startswith(name))[:3000]
+        )
         return found[0].value
 
     def names(self) -> set[str]:
@@ -85,9 +86,7 @@ async def scrape_async(
 ) -> Scrape:
     """Open a target, scrape it once, close it, and return the parsed result."""
     settings = make_settings(dsn, **overrides)
-    collectors = catalog.selected(
-        profile=settings.profile, disabled=settings.disabled_collectors
-    )
+    collectors = catalog.selected(profile=settings.profile, disabled=settings.disabled_collectors)
     target = Target("test", dsn, settings, collectors)
     await target.open()
     try:

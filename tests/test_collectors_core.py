@@ -1,4 +1,4 @@
-"""Integration: the first collectors against a real server. Build the situation, assert the number."""
+"""Integration: the first collectors on a real server. Build the situation, assert the number."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ async def test_table_and_index_sizes(pg: Server, database: str) -> None:
     with connect(pg.admin(database)) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, content text)")
         conn.execute(
-            "INSERT INTO articles SELECT g, repeat(md5(g::text), 200) FROM generate_series(1, 500) g"
+            "INSERT INTO articles"
+            " SELECT g, repeat(md5(g::text), 200) FROM generate_series(1, 500) g"
         )
         heap, indexes, toast, pkey = conn.execute(
             "SELECT pg_relation_size('articles'), pg_indexes_size('articles'),"
@@ -92,7 +93,10 @@ async def test_connections_by_state_and_idle_in_transaction(pg: Server, database
         idle.execute("SELECT 1")
         result = await scrape_async(pg.monitor(database), long_query_threshold_seconds=0)
         in_tx = result.value(
-            "pg_connections", datname=database, state="idle in transaction", wait_event_type="Client"
+            "pg_connections",
+            datname=database,
+            state="idle in transaction",
+            wait_event_type="Client",
         )
         assert in_tx == 1
         assert result.value("pg_connections", datname=database, state="idle") >= 1
@@ -105,7 +109,9 @@ async def test_long_running_query_is_counted_and_listed(pg: Server, database: st
     started = threading.Event()
 
     def sleeper() -> None:
-        with psycopg.connect(pg.admin(database), autocommit=True, application_name="reporting") as c:
+        with psycopg.connect(
+            pg.admin(database), autocommit=True, application_name="reporting"
+        ) as c:
             started.set()
             c.execute("SELECT pg_sleep(3)")
 
@@ -146,7 +152,9 @@ async def test_cache_hit_ratio_matches_the_counters(pg: Server, database: str) -
 
 async def test_database_size(pg: Server, database: str) -> None:
     with connect(pg.admin(database)) as conn:
-        conn.execute("CREATE TABLE filler AS SELECT repeat('x', 1000) AS t FROM generate_series(1, 3000)")
+        conn.execute(
+            "CREATE TABLE filler AS SELECT repeat('x', 1000) AS t FROM generate_series(1, 3000)"
+        )
         (size,) = conn.execute("SELECT pg_database_size(current_database())").fetchone() or (0,)
     result = await scrape_async(pg.monitor(database))
     assert result.value("pg_database_size_bytes", datname=database) == pytest.approx(size, rel=0.01)
@@ -161,13 +169,15 @@ async def test_statements_top_n(pg: Server, database: str) -> None:
         conn.execute("SELECT pg_sleep(0.3)")
     result = await scrape_async(pg.monitor(database), top_n=5)
     (calls,) = [
-        s for s in result.find("pg_stat_statements_calls_total", datname=database)
+        s
+        for s in result.find("pg_stat_statements_calls_total", datname=database)
         if "FROM hot" in s.labels["query"]
     ]
     assert calls.value == 25
     assert calls.labels["usename"] == "postgres"
     slow = [
-        s for s in result.find("pg_stat_statements_exec_seconds_total", datname=database)
+        s
+        for s in result.find("pg_stat_statements_exec_seconds_total", datname=database)
         if "pg_sleep" in s.labels["query"]
     ]
     assert slow and slow[0].value >= 0.3

@@ -1,0 +1,137 @@
+"""Unit: the catalog loads strictly, and every problem is one line naming the file and field."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import pytest
+
+import exporter.catalog
+import exporter.dsn
+import exporter.plan
+import exporter.settings
+import exporter.snapshot
+from exporter.catalog import load_catalog, load_collector_file
+from exporter.errors import CatalogError
+
+GOOD = """
+name = "custom"
+help = "A user collector."
+namespace = "app"
+scope = "database"
+
+[[variant]]
+sql = "SELECT current_database() AS datname, 1 AS queue_depth"
+
+[columns.datname]
+usage = "label"
+description = "Database."
+
+[columns.queue_depth]
+usage = "gauge"
+description = "Jobs waiting."
+"""
+
+
+@pytest.mark.parametrize(
+    "module", [exporter.catalog, exporter.dsn, exporter.plan, exporter.settings, exporter.snapshot]
+)
+def test_doctests(module: object) -> None:
+    failures, _ = doctest.testmod(module)  # type: ignore[arg-type]
+    assert failures == 0
+
+
+def test_builtin_catalog_loads_and_covers_every_profile() -> None:
+    catalog = load_catalog()
+    assert len(catalog.collectors) >= 10
+    minimal = catalog.selected(profile="minimal")
+    standard = catalog.selected(profile="standard")
+    full = catalog.selected(profile="full")
+    assert 0 < len(minimal) < len(standard) <= len(full)
+
+
+def test_a_good_user_file_loads(tmp_path: Path) -> None:
+    (tmp_path / "custom.toml").write_text(GOOD)
+    catalog = load_catalog([tmp_path])
+    assert "custom" in catalog.sources
+    assert catalog.sources["custom"].endswith("custom.toml")
+
+
+def _error_for(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    with pytest.raises(CatalogError) as info:
+        load_catalog([tmp_path])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('usage = "gauge"', 'usage = "gauage"'), "columns.queue_depth.usage"),
+        (('scope = "database"', 'scope = "everywhere"'), "scope"),
+        (('help = "A user collector."', 'help = "x"\nhelpp = 1'), "helpp: Extra inputs"),
+        (('namespace = "app"', 'namespace = "pg_exporter"'), "reserved"),
+        (
+            (
+                'description = "Jobs waiting."',
+                'description = "Jobs waiting."\nrename = "jobs_total"',
+            ),
+            "only counters end in '_total'",
+        ),
+        (("[[variant]]", "[[variant]]\nmin_version = 17\nmax_version = 13"), "min_version"),
+        (('usage = "gauge"', 'usage = "counter"'), "must end in '_total'"),
+        (('name = "custom"', 'name = "Custom-1"'), "name: String should match"),
+        (("[[variant]]", "[[variant]]\nsql = 'x'\n[[variant]]"), "overlap"),
+        (('name = "custom"', 'name = "custom"\nttl = -1'), "ttl"),
+        (("[columns.datname]", "[columns.datname]\nbuckets = [1]"), "columns.datname"),
+    ],
+)
+def test_a_broken_file_is_one_line_naming_the_field(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    old, new = change
+    assert old in GOOD
+    assert expected in _error_for(tmp_path, GOOD.replace(old, new, 1))
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    assert "not valid TOML" in _error_for(tmp_path, GOOD + "\n[columns.x\n")
+
+
+def test_duplicate_collector_name_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(GOOD)
+    (tmp_path / "b.toml").write_text(GOOD.replace('namespace = "app"', 'namespace = "app2"'))
+    with pytest.raises(CatalogError, match=r"b\.toml: name: collector 'custom' is already defined"):
+        load_catalog([tmp_path])
+
+
+def test_metric_name_clash_across_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(GOOD)
+    (tmp_path / "b.toml").write_text(GOOD.replace('name = "custom"', 'name = "other"'))
+    with pytest.raises(CatalogError, match="metric 'app_queue_depth' is already emitted"):
+        load_catalog([tmp_path])
+
+
+def test_clash_with_a_builtin_metric_is_an_error(tmp_path: Path) -> None:
+    clash = GOOD.replace('namespace = "app"', 'namespace = "pg_table"').replace(
+        "queue_depth", "dead_tuples"
+    )
+    (tmp_path / "a.toml").write_text(clash)
+    with pytest.raises(CatalogError, match="already emitted by collector 'table_stats'"):
+        load_catalog([tmp_path])
+
+
+def test_missing_directory_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="does not exist"):
+        load_catalog([tmp_path / "nope"])
+
+
+def test_histogram_needs_buckets() -> None:
+    text = GOOD.replace('usage = "gauge"', 'usage = "histogram"')
+    with pytest.raises(CatalogError, match="needs 'buckets'"):
+        load_collector_file("h.toml", text)
