@@ -62,8 +62,7 @@ async def run_workload(dsn: str, stop: asyncio.Event) -> None:
                     " WHERE assignee_id IS NOT NULL ORDER BY random() LIMIT 1"
                 )
                 await conn.execute(
-                    "DELETE FROM comments WHERE id IN"
-                    " (SELECT id FROM comments ORDER BY id LIMIT 1)"
+                    "DELETE FROM comments WHERE id IN (SELECT id FROM comments ORDER BY id LIMIT 1)"
                 )
             else:
                 await conn.execute("SELECT pg_sleep(0.5), count(*) FROM audit_logs")
@@ -89,7 +88,10 @@ def run_demo(listen_address: str) -> int:
     try:
         dsn = create_demo_database(server)
         settings = load_settings(
-            None, data_source_name=dsn, listen_address=listen_address, long_query_threshold_seconds=5
+            None,
+            data_source_name=dsn,
+            listen_address=listen_address,
+            long_query_threshold_seconds=5,
         )
         catalog = load_catalog()
         target = Target("demo", dsn, settings, catalog.selected(profile="full"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter.snapshot import Family, escape_label_value, format_float
@@ -10,6 +11,83 @@ from exporter.snapshot import Family, escape_label_value, format_float
 if TYPE_CHECKING:
     from exporter.plan import ServerInfo
     from exporter.target import CollectorRun
+
+
+@dataclass(frozen=True)
+class SelfMetric:
+    """One of the exporter's own metric families, documented in the metric reference."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+    def family(self) -> Family:
+        """Return an empty family for this metric."""
+        return Family(self.name, self.type, self.help)
+
+
+UP = SelfMetric("pg_up", "gauge", (), "1 if a round trip to the server succeeded on this scrape.")
+SCRAPE_DURATION = SelfMetric(
+    "pg_exporter_scrape_duration_seconds", "gauge", (), "Time the last collection took."
+)
+SCRAPES = SelfMetric(
+    "pg_exporter_scrapes_total", "counter", (), "Collections run against this target."
+)
+SUCCESS = SelfMetric(
+    "pg_exporter_collector_success",
+    "gauge",
+    ("collector", "datname"),
+    "1 if the collector produced its samples on this scrape, 0 if it failed.",
+)
+DURATION = SelfMetric(
+    "pg_exporter_collector_duration_seconds",
+    "gauge",
+    ("collector", "datname"),
+    "Time the collector's query took on this scrape (0 when served from its ttl cache).",
+)
+CACHED = SelfMetric(
+    "pg_exporter_collector_cached",
+    "gauge",
+    ("collector", "datname"),
+    "1 if the collector's samples came from its ttl cache on this scrape.",
+)
+SKIPPED = SelfMetric(
+    "pg_exporter_collector_skipped",
+    "gauge",
+    ("collector", "datname", "reason"),
+    "1 for a collector that does not apply here (version, extension, privilege, role).",
+)
+ERRORS = SelfMetric(
+    "pg_exporter_collector_errors_total",
+    "counter",
+    ("collector",),
+    "Times a collector failed, since the exporter started.",
+)
+DROPPED = SelfMetric(
+    "pg_exporter_series_dropped_total",
+    "counter",
+    ("collector", "reason"),
+    "Series dropped: 'duplicate' label sets, or over the collector's max_series 'limit'.",
+)
+DATABASES = SelfMetric(
+    "pg_exporter_databases_scraped",
+    "gauge",
+    (),
+    "Databases whose database-scoped collectors ran on this scrape.",
+)
+SELF_METRICS = (
+    UP,
+    SCRAPE_DURATION,
+    SCRAPES,
+    SUCCESS,
+    DURATION,
+    CACHED,
+    SKIPPED,
+    ERRORS,
+    DROPPED,
+    DATABASES,
+)
 
 
 def _labels(**labels: str) -> str:
@@ -28,77 +106,39 @@ def self_families(
     scrapes: int,
 ) -> list[Family]:
     """Build the self-metric families of one finished scrape."""
-    pg_up = Family("pg_up", "gauge", "1 if a round trip to the server succeeded on this scrape.")
+    pg_up = UP.family()
     pg_up.lines.append(f"pg_up {int(up)}\n")
-    scrape = Family(
-        "pg_exporter_scrape_duration_seconds", "gauge", "Time the last collection took."
-    )
-    scrape.lines.append(f"pg_exporter_scrape_duration_seconds {format_float(duration)}\n")
-    scrapes_total = Family(
-        "pg_exporter_scrapes_total", "counter", "Collections run against this target."
-    )
-    scrapes_total.lines.append(f"pg_exporter_scrapes_total {scrapes}\n")
-    success = Family(
-        "pg_exporter_collector_success",
-        "gauge",
-        "1 if the collector produced its samples on this scrape, 0 if it failed.",
-    )
-    seconds = Family(
-        "pg_exporter_collector_duration_seconds",
-        "gauge",
-        "Time the collector's query took on this scrape (0 when served from its ttl cache).",
-    )
-    cached = Family(
-        "pg_exporter_collector_cached",
-        "gauge",
-        "1 if the collector's samples came from its ttl cache on this scrape.",
-    )
-    skipped = Family(
-        "pg_exporter_collector_skipped",
-        "gauge",
-        "1 for a collector that does not apply here (version, extension, privilege, role).",
+    scrape = SCRAPE_DURATION.family()
+    scrape.lines.append(f"{scrape.name} {format_float(duration)}\n")
+    scrapes_total = SCRAPES.family()
+    scrapes_total.lines.append(f"{scrapes_total.name} {scrapes}\n")
+    success, seconds, cached, skipped = (
+        SUCCESS.family(),
+        DURATION.family(),
+        CACHED.family(),
+        SKIPPED.family(),
     )
     for run in runs:
         labels = _labels(collector=run.collector, datname=run.datname)
         if run.skipped is not None:
-            reason_labels = _labels(
-                collector=run.collector, datname=run.datname, reason=run.skipped
-            )
-            skipped.lines.append(f"pg_exporter_collector_skipped{reason_labels} 1\n")
+            reason = _labels(collector=run.collector, datname=run.datname, reason=run.skipped)
+            skipped.lines.append(f"{skipped.name}{reason} 1\n")
             continue
-        success.lines.append(f"pg_exporter_collector_success{labels} {int(run.error is None)}\n")
-        seconds.lines.append(
-            f"pg_exporter_collector_duration_seconds{labels} {format_float(run.duration)}\n"
-        )
-        cached.lines.append(f"pg_exporter_collector_cached{labels} {int(run.cached)}\n")
-    error_total = Family(
-        "pg_exporter_collector_errors_total",
-        "counter",
-        "Times a collector failed, since the exporter started.",
-    )
+        success.lines.append(f"{success.name}{labels} {int(run.error is None)}\n")
+        seconds.lines.append(f"{seconds.name}{labels} {format_float(run.duration)}\n")
+        cached.lines.append(f"{cached.name}{labels} {int(run.cached)}\n")
+    error_total = ERRORS.family()
     for collector, count in sorted(errors.items()):
-        error_total.lines.append(
-            f"pg_exporter_collector_errors_total{_labels(collector=collector)} {count}\n"
-        )
-    dropped_total = Family(
-        "pg_exporter_series_dropped_total",
-        "counter",
-        "Series dropped: 'duplicate' label sets, or over the collector's max_series 'limit'.",
-    )
+        error_total.lines.append(f"{error_total.name}{_labels(collector=collector)} {count}\n")
+    dropped_total = DROPPED.family()
     for (collector, reason), count in sorted(dropped.items()):
-        dropped_total.lines.append(
-            f"pg_exporter_series_dropped_total{_labels(collector=collector, reason=reason)}"
-            f" {count}\n"
-        )
+        labels = _labels(collector=collector, reason=reason)
+        dropped_total.lines.append(f"{dropped_total.name}{labels} {count}\n")
     families = [pg_up, scrape, scrapes_total, success, seconds, cached, skipped]
     families += [error_total, dropped_total]
     if server is not None:
-        databases = Family(
-            "pg_exporter_databases_scraped",
-            "gauge",
-            "Databases whose database-scoped collectors ran on this scrape.",
-        )
+        databases = DATABASES.family()
         count = len({run.datname for run in runs if run.datname and run.skipped is None})
-        databases.lines.append(f"pg_exporter_databases_scraped {count}\n")
+        databases.lines.append(f"{databases.name} {count}\n")
         families.append(databases)
     return families

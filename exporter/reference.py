@@ -1,0 +1,97 @@
+"""Write the metric reference (docs/metrics.md) from the catalog, so it cannot drift from it."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from exporter.catalog import Catalog, CollectorSpec, load_catalog
+from exporter.selfmetrics import SELF_METRICS
+
+_SOURCE = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)", re.IGNORECASE)
+
+
+def _version(number: int | None) -> str:
+    return "13" if number is None or number <= 130000 else str(number // 10000)
+
+
+def _sources(spec: CollectorSpec) -> str:
+    found: list[str] = []
+    for variant in spec.variants:
+        for name in _SOURCE.findall(variant.sql):
+            if name.lower() not in found:
+                found.append(name.lower())
+    return ", ".join(f"`{name}`" for name in found) or "functions"
+
+
+def _min_version(spec: CollectorSpec) -> str:
+    lowest = min((v.min_version or 0) for v in spec.variants)
+    text = _version(lowest or None)
+    highest = [v.max_version for v in spec.variants]
+    if all(h is not None for h in highest):
+        text += f" to {_version(max(h for h in highest if h is not None) - 1)}"
+    return text
+
+
+def render(catalog: Catalog) -> str:
+    """Return the reference as Markdown."""
+    out = [
+        "# Metric reference",
+        "",
+        "Generated from the collector catalog by `python -m exporter.reference > docs/metrics.md`;",
+        "a test fails when this file and the catalog disagree.",
+        "Type, labels, the collector that emits it (its scope, profile and `ttl`), the PostgreSQL",
+        "views it reads and the oldest server version it runs on (13 is the oldest supported).",
+        "",
+        "## Collectors",
+        "",
+        "| collector | scope | profile | ttl | needs | source | PostgreSQL | what it answers |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for spec in catalog.collectors:
+        needs = []
+        if spec.requires_extension:
+            needs.append(f"extension {spec.requires_extension}")
+        if spec.recovery != "any":
+            needs.append(f"{spec.recovery} only")
+        out.append(
+            f"| `{spec.name}` | {spec.scope} | {spec.profile} | {spec.ttl:g} s | "
+            f"{', '.join(needs) or '-'} | {_sources(spec)} | {_min_version(spec)} | {spec.help} |"
+        )
+    out += [
+        "",
+        "## Metrics",
+        "",
+        "| metric | type | labels | collector | description |",
+        "|---|---|---|---|---|",
+    ]
+    rows = []
+    for spec in catalog.collectors:
+        labels = ", ".join(
+            spec.label_name(column)
+            for column, column_spec in spec.columns.items()
+            if column_spec.usage == "label"
+        )
+        for column, column_spec in spec.columns.items():
+            if column_spec.usage in ("gauge", "counter", "histogram"):
+                description = column_spec.description.replace("|", "\\|")
+                rows.append(
+                    f"| `{spec.metric_name(column)}` | {column_spec.usage} | {labels or '-'} | "
+                    f"`{spec.name}` | {description} |"
+                )
+    out += sorted(rows)
+    out += [
+        "",
+        "## The exporter's own metrics",
+        "",
+        "| metric | type | labels | description |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| `{m.name}` | {m.type} | {', '.join(m.labels) or '-'} | {m.help} |" for m in SELF_METRICS
+    ]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render(load_catalog()))
