@@ -142,6 +142,10 @@ async def test_short_queries_are_not_long_running(pg: Server, database: str) -> 
 
 
 async def test_cache_hit_ratio_matches_the_counters(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+        conn.execute("SELECT count(*) FROM t")
+        flush_stats(conn)
     result = await scrape_async(pg.monitor(database))
     hit = result.value("pg_database_blks_hit_total", datname=database)
     read = result.value("pg_database_blks_read_total", datname=database)
@@ -163,6 +167,7 @@ async def test_database_size(pg: Server, database: str) -> None:
 async def test_statements_top_n(pg: Server, database: str) -> None:
     with connect(pg.admin(database)) as conn:
         conn.execute("CREATE EXTENSION pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
         conn.execute("CREATE TABLE hot (id int)")
         for _ in range(25):
             conn.execute("SELECT count(*) FROM hot WHERE id > 7")
