@@ -92,7 +92,7 @@ class CollectorSpec(_Strict):
     name: str = Field(pattern=COLLECTOR_NAME.pattern)
     help: str = Field(min_length=1)
     namespace: str = Field(pattern=METRIC_NAME.pattern)
-    scope: Literal["cluster", "database"]
+    scope: Literal["cluster", "database", "pgbouncer"]
     profile: Literal["minimal", "standard", "full"] = "standard"
     enabled: bool = True
     ttl: float = Field(default=0, ge=0)
@@ -101,6 +101,7 @@ class CollectorSpec(_Strict):
     requires_extension: str | None = None
     recovery: Literal["any", "primary", "standby"] = "any"
     predicate: str | None = None
+    ignore_extra_columns: bool = False
     variants: tuple[VariantSpec, ...] = Field(alias="variant", min_length=1)
     columns: dict[str, ColumnSpec] = Field(min_length=1)
 

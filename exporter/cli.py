@@ -6,13 +6,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter import __version__
 from exporter.catalog import Catalog, load_catalog
 from exporter.errors import ExporterError
+from exporter.fleet import Fleet, build_fleet
 from exporter.settings import Settings, listen_host_port, load_settings
+from exporter.webconfig import WebConfig, load_web_config, ssl_context
 
 log = logging.getLogger("exporter")
 
@@ -32,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT to serve on (default :9187)",
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        help="TLS and basic auth settings (exporter-toolkit's web config format)",
+    )
+    parser.add_argument(
         "command",
         nargs="?",
         default="serve",
@@ -42,37 +51,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(config: Path | None, listen_address: str | None) -> tuple[Settings, Catalog]:
-    """Load settings and the catalog; raise ExporterError with one line if anything is wrong."""
+@dataclass(frozen=True)
+class Loaded:
+    """Everything checked before serving."""
+
+    settings: Settings
+    catalog: Catalog
+    fleet: Fleet
+    web_config: WebConfig | None
+
+
+def load(
+    config: Path | None, listen_address: str | None, web_config_file: Path | None = None
+) -> Loaded:
+    """Load and check everything; raise ExporterError with one line if anything is wrong."""
     overrides: dict[str, Any] = {}
     if listen_address:
         overrides["listen_address"] = listen_address
+    if web_config_file:
+        overrides["web_config_file"] = web_config_file
     settings = load_settings(config, **overrides)
     catalog = load_catalog(settings.collector_dirs)
     unknown = sorted(set(settings.disabled_collectors) - set(catalog.sources))
     if unknown:
         raise ExporterError(f"disabled_collectors: no collector named {unknown[0]!r}")
-    return settings, catalog
+    web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
+    return Loaded(settings, catalog, build_fleet(settings, catalog), web_config)
 
 
-def serve(settings: Settings, catalog: Catalog) -> None:
+def serve(loaded: Loaded) -> None:
     """Serve until interrupted."""
     from aiohttp import web
 
     from exporter.server import build_app
-    from exporter.target import Target
 
-    collectors = catalog.selected(profile=settings.profile, disabled=settings.disabled_collectors)
-    target = Target("default", settings.dsn, settings, collectors)
+    settings, web_config = loaded.settings, loaded.web_config
+    tls = web_config.tls_server_config if web_config else None
+    context = ssl_context(tls, settings.web_config_file or Path()) if tls else None
     host, port = listen_host_port(settings.listen_address)
-    log.info(
-        "serving %d collectors for %s on http://%s:%d/metrics",
-        len(collectors),
-        target.public_dsn,
-        host,
-        port,
-    )
-    web.run_app(build_app(settings, target), host=host, port=port, print=None)
+    scheme = "https" if context else "http"
+    for target in loaded.fleet.all():
+        log.info(
+            "target %s (%s): %d collectors", target.name, target.public_dsn, len(target.collectors)
+        )
+    log.info("serving on %s://%s:%d/metrics", scheme, host, port)
+    app = build_app(settings, loaded.fleet, web_config)
+    web.run_app(app, host=host, port=port, ssl_context=context, print=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,16 +110,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from exporter.demo import run_demo
 
             return run_demo(args.listen_address or "127.0.0.1:9187")
-        settings, catalog = load(args.config, args.listen_address)
+        loaded = load(args.config, args.listen_address, args.web_config_file)
     except ExporterError as exc:
         print(f"pg-health-exporter: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    settings = loaded.settings
     logging.getLogger().setLevel(settings.log_level)
     if args.command == "check-config":
-        selected = catalog.selected(profile=settings.profile, disabled=settings.disabled_collectors)
-        print(f"ok: {len(catalog.collectors)} collectors loaded, {len(selected)} selected")
+        selected = loaded.catalog.selected(
+            profile=settings.profile, disabled=settings.disabled_collectors
+        )
+        print(
+            f"ok: {len(loaded.catalog.collectors)} collectors loaded, {len(selected)} selected,"
+            f" {len(loaded.fleet.all())} target(s)"
+        )
         return 0
-    serve(settings, catalog)
+    serve(loaded)
     return 0
 
 

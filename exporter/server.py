@@ -7,6 +7,7 @@ import contextlib
 import html
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -20,12 +21,14 @@ from exporter.exposition import (
     wants_gzip,
     wants_openmetrics,
 )
+from exporter.fleet import Fleet
 from exporter.settings import Settings
-from exporter.target import Target
+from exporter.target import CollectorRun, Target
+from exporter.webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
 
-TARGET = web.AppKey("target", Target)
+FLEET = web.AppKey("fleet", Fleet)
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_REGISTRY = web.AppKey("process_registry", CollectorRegistry)
 
@@ -40,17 +43,18 @@ def scrape_timeout(request: web.Request, settings: Settings) -> float:
     if header:
         with contextlib.suppress(ValueError):
             timeout = float(header)
-    return max(0.1, timeout - settings.scrape_timeout_margin_seconds)
+    if not timeout > 0:  # also rejects NaN
+        timeout = settings.scrape_timeout_seconds
+    return max(0.1, min(timeout, 3600.0) - settings.scrape_timeout_margin_seconds)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Serve a fresh snapshot of the target in the negotiated format."""
+async def _respond(request: web.Request, target: Target | None) -> web.Response:
     settings = request.app[SETTINGS]
-    snapshot = await request.app[TARGET].scrape(scrape_timeout(request, settings))
+    families = []
+    if target is not None:
+        families = (await target.scrape(scrape_timeout(request, settings))).families
     openmetrics = wants_openmetrics(request.headers.get("Accept"))
-    body = encode(
-        snapshot.families, openmetrics=openmetrics, registry=request.app[PROCESS_REGISTRY]
-    )
+    body = encode(families, openmetrics=openmetrics, registry=request.app[PROCESS_REGISTRY])
     response = web.Response(body=body)
     response.headers["Content-Type"] = (
         OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
@@ -61,71 +65,112 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Serve a fresh snapshot of the default target in the negotiated format."""
+    return await _respond(request, request.app[FLEET].default)
+
+
+async def probe(request: web.Request) -> web.Response:
+    """Serve one named target: /probe?target=NAME. Only configured names, never a DSN."""
+    names = request.query.getall("target", [])
+    if len(names) != 1 or not names[0]:
+        return web.Response(status=400, text="give exactly one target=NAME\n")
+    target = request.app[FLEET].named.get(names[0])
+    if target is None:
+        # Never echo the value: it may be a DSN with a password in it.
+        return web.Response(status=404, text="unknown target; see / for the configured ones\n")
+    return await _respond(request, target)
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Answer that the process is alive, whatever the database does."""
     return web.Response(text="ok\n")
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Answer 200 if the database answered on the last scrape, 503 if not."""
-    target = request.app[TARGET]
+    """Answer 200 if the default target's database answers now, 503 if not."""
+    target = request.app[FLEET].default
+    if target is None:
+        return web.Response(text="ready (no default target)\n")
     snapshot = await target.scrape(scrape_timeout(request, request.app[SETTINGS]))
     if snapshot.up:
         return web.Response(text="ready\n")
     return web.Response(status=503, text="database unreachable\n")
 
 
-async def landing(request: web.Request) -> web.Response:
-    """Show what this exporter is, its target and how each collector fared last time."""
-    target = request.app[TARGET]
+def _run_state(run: CollectorRun) -> str:
+    if run.output is not None:
+        return "ok (cached)" if run.cached else "ok"
+    if run.skipped is not None:
+        return f"skipped: {run.skipped}"
+    return f"error: {run.error}"
+
+
+NOT_SCRAPED = '<tr><td colspan="3">not scraped yet</td></tr>'
+
+
+def _target_section(target: Target, link: str) -> str:
     rows = "".join(
-        "<tr><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-            html.escape(run.collector),
-            html.escape(run.datname),
-            html.escape(
-                "ok (cached)"
-                if run.cached and run.output
-                else "ok"
-                if run.output
-                else f"skipped: {run.skipped}"
-                if run.skipped
-                else f"error: {run.error}"
-            ),
-        )
+        f"<tr><td>{html.escape(run.collector)}</td><td>{html.escape(run.datname)}</td>"
+        f"<td>{html.escape(_run_state(run))}</td></tr>"
         for run in target.last_runs
     )
+    return (
+        f'<h2><a href="{html.escape(link)}">{html.escape(target.name)}</a>'
+        f" ({html.escape(target.kind)})</h2><p>{html.escape(target.public_dsn)}</p>"
+        '<table border="1" cellpadding="4">'
+        "<tr><th>collector</th><th>database</th><th>last scrape</th></tr>"
+        f"{rows or NOT_SCRAPED}</table>"
+    )
+
+
+async def landing(request: web.Request) -> web.Response:
+    """Show what this exporter is, its targets and how each collector fared last time."""
+    fleet = request.app[FLEET]
+    sections = []
+    if fleet.default is not None:
+        sections.append(_target_section(fleet.default, "/metrics"))
+    for name, target in fleet.named.items():
+        sections.append(_target_section(target, f"/probe?target={quote(name)}"))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>pg-health-exporter</title></head>
 <body><h1>pg-health-exporter {html.escape(__version__)}</h1>
-<p><a href="/metrics">Metrics</a> · <a href="/healthz">/healthz</a>
+<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a>
  · <a href="/readyz">/readyz</a></p>
-<p>Target <b>{html.escape(target.name)}</b>: {html.escape(target.public_dsn)}</p>
-<table border="1" cellpadding="4"><tr><th>collector</th><th>database</th><th>last scrape</th></tr>
-{rows or '<tr><td colspan="3">not scraped yet</td></tr>'}
-</table></body></html>
+{"".join(sections)}
+</body></html>
 """
     return web.Response(text=page, content_type="text/html")
 
 
-def build_app(settings: Settings, target: Target) -> web.Application:
-    """Build the application; the target's pools open and close with it."""
-    app = web.Application()
+def build_app(
+    settings: Settings, fleet: Fleet | Target, web_config: WebConfig | None = None
+) -> web.Application:
+    """Build the application; the targets' pools open and close with it."""
+    if isinstance(fleet, Target):
+        fleet = Fleet(default=fleet, named={})
+    middlewares = []
+    if web_config is not None and web_config.basic_auth_users:
+        middlewares.append(BasicAuth(web_config.basic_auth_users).middleware)
+    app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
-    app[TARGET] = target
+    app[FLEET] = fleet
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     app[PROCESS_REGISTRY] = registry
 
-    async def target_lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await app[TARGET].open()
+    async def targets_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        targets = app[FLEET].all()
+        await asyncio.gather(*(target.open() for target in targets))
         yield
-        await app[TARGET].close()
+        await asyncio.gather(*(target.close() for target in targets))
 
-    app.cleanup_ctx.append(target_lifecycle)
+    app.cleanup_ctx.append(targets_lifecycle)
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/probe", probe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

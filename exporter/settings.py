@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from psycopg.conninfo import make_conninfo
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,7 +29,57 @@ from exporter.dsn import parse_dsn
 from exporter.errors import ConfigError
 
 Profile = Literal["minimal", "standard", "full"]
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class TargetSettings(BaseModel):
+    """One named server to watch, scraped through /probe?target=NAME."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dsn: SecretStr | None = None
+    dsn_env: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    type: Literal["postgres", "pgbouncer"] = "postgres"
+
+    @model_validator(mode="after")
+    def _one_dsn_source(self) -> TargetSettings:
+        if (self.dsn is None) == (self.dsn_env is None):
+            raise ValueError("give exactly one of 'dsn' and 'dsn_env'")
+        if self.password_env and self.password_file:
+            raise ValueError("give at most one of 'password_env' and 'password_file'")
+        return self
+
+    def resolve_dsn(self, name: str) -> str:
+        """Return the DSN with its password from the environment or a file, checked."""
+        where = f"targets.{name}"
+        if self.dsn_env is not None:
+            dsn = os.environ.get(self.dsn_env)
+            if not dsn:
+                raise ConfigError(
+                    f"{where}.dsn_env: environment variable {self.dsn_env} is not set"
+                )
+        else:
+            assert self.dsn is not None
+            dsn = self.dsn.get_secret_value()
+        parse_dsn(dsn, source=where)
+        password: str | None = None
+        if self.password_env is not None:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise ConfigError(
+                    f"{where}.password_env: environment variable {self.password_env} is not set"
+                )
+        elif self.password_file is not None:
+            try:
+                password = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}.password_file: cannot read {self.password_file}: {exc.strerror}"
+                ) from None
+        return make_conninfo(dsn, password=password) if password is not None else dsn
 
 
 class Settings(BaseSettings):
@@ -52,6 +113,16 @@ class Settings(BaseSettings):
     application_name: str = "pg-health-exporter"
     gzip_level: int = Field(default=1, ge=1, le=9)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    targets: dict[str, TargetSettings] = {}
+    web_config_file: Path | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, targets: dict[str, TargetSettings]) -> dict[str, TargetSettings]:
+        for name in targets:
+            if not TARGET_NAME.fullmatch(name):
+                raise ValueError(f"target name {name!r} must match {TARGET_NAME.pattern}")
+        return targets
 
     @field_validator("include_databases", "exclude_databases")
     @classmethod

@@ -119,7 +119,7 @@ class RowRenderer:
         if missing:
             raise CollectorFailed(f"query returned no column {missing[0]!r}")
         extra = [name for name in column_names if name not in declared]
-        if extra:
+        if extra and not spec.ignore_extra_columns:
             raise CollectorFailed(f"query returned undeclared column {extra[0]!r}")
         self.spec = spec
         self.families: list[Family] = []
@@ -127,7 +127,9 @@ class RowRenderer:
         self.label_names: list[str] = []
         self.metrics: list[_MetricColumn] = []
         for index, column in enumerate(column_names):
-            column_spec = spec.columns[column]
+            column_spec = spec.columns.get(column)
+            if column_spec is None:
+                continue
             if column_spec.usage == "label":
                 self.label_indexes.append(index)
                 self.label_names.append(spec.label_name(column))

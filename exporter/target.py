@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
+from psycopg import Column
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -26,6 +28,8 @@ from exporter.settings import Settings
 from exporter.snapshot import CollectorOutput, Family, RowRenderer, format_float
 
 log = logging.getLogger(__name__)
+
+TargetKind = Literal["postgres", "pgbouncer"]
 
 PROBE_SQL = """\
 SELECT current_setting('server_version_num')::int,
@@ -80,11 +84,19 @@ class Target:
     """A PostgreSQL server to scrape, with one bounded pool and one small pool per database."""
 
     def __init__(
-        self, name: str, dsn: str, settings: Settings, collectors: Sequence[CollectorSpec]
+        self,
+        name: str,
+        dsn: str,
+        settings: Settings,
+        collectors: Sequence[CollectorSpec],
+        *,
+        kind: TargetKind = "postgres",
     ) -> None:
         self.name = name
+        self.kind = kind
         self.settings = settings
-        self.collectors = tuple(collectors)
+        # A PgBouncer admin console answers only its SHOW commands; PostgreSQL never those.
+        self.collectors = tuple(c for c in collectors if (c.scope == "pgbouncer") == self.pgbouncer)
         self.public_dsn = redact_dsn(dsn) if dsn else "(libpq defaults)"
         self._dsn = dsn
         self._secrets = secrets_of(dsn)
@@ -92,12 +104,13 @@ class Target:
             "autocommit": True,
             "application_name": settings.application_name,
             "connect_timeout": max(1, round(settings.connect_timeout_seconds)),
-            "options": (
+        }
+        if not self.pgbouncer:
+            self._connect_kwargs["options"] = (
                 "-c default_transaction_read_only=on"
                 f" -c statement_timeout={round(settings.statement_timeout_seconds * 1000)}"
                 f" -c lock_timeout={round(settings.lock_timeout_seconds * 1000)}"
-            ),
-        }
+            )
         self._pool = self._make_pool(dsn, min_size=1, max_size=settings.pool_size)
         self._database_pools: dict[str, AsyncConnectionPool] = {}
         self._parallel = asyncio.Semaphore(settings.pool_size)
@@ -115,12 +128,17 @@ class Target:
             min_size=min_size,
             max_size=max_size,
             open=False,
-            check=AsyncConnectionPool.check_connection,
+            check=None if self.pgbouncer else AsyncConnectionPool.check_connection,
             timeout=self.settings.connect_timeout_seconds,
             reconnect_timeout=0,
             max_idle=300,
             name=f"{self.name}",
         )
+
+    @property
+    def pgbouncer(self) -> bool:
+        """Tell whether this target is a PgBouncer admin console."""
+        return self.kind == "pgbouncer"
 
     async def open(self) -> None:
         """Start the pool without waiting: the exporter serves even if the server is down."""
@@ -158,12 +176,22 @@ class Target:
         return self._finish(started, up=True, runs=runs, server=server)
 
     async def _probe(self) -> ServerInfo:
+        if self.pgbouncer:
+            return await self._probe_pgbouncer()
         async with self._pool.connection() as conn:
             cursor = await conn.execute(PROBE_SQL)
             row = await cursor.fetchone()
         assert row is not None
         version_num, in_recovery, database, databases = row
         return ServerInfo(int(version_num), bool(in_recovery), str(database), tuple(databases))
+
+    async def _probe_pgbouncer(self) -> ServerInfo:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute("SHOW VERSION")
+            row = await cursor.fetchone()
+        numbers = re.findall(r"\d+", str(row[0]) if row else "")[:3]
+        major, minor, patch = ([int(n) for n in numbers] + [0, 0, 0])[:3]
+        return ServerInfo(major * 10000 + minor * 100 + patch, False, "pgbouncer", ())
 
     async def _run_all(self, server: ServerInfo, deadline: float) -> list[CollectorRun]:
         planned, skipped = plan_queries(self.collectors, server)
@@ -298,6 +326,11 @@ class Target:
         self, conn: psycopg.AsyncConnection[Any], query: PlannedQuery, timeout: float
     ) -> CollectorOutput | None:
         spec = query.spec
+        if self.pgbouncer:
+            # The admin console knows no transactions or settings: one simple-protocol query.
+            async with conn.cursor() as cursor:
+                await cursor.execute(query.sql)
+                return self._render(spec, cursor.description, await cursor.fetchall())
         async with conn.transaction(), conn.cursor() as cursor:
             # A bound parameter keeps this one entry in pg_stat_statements, whatever the value.
             await cursor.execute(
@@ -311,11 +344,15 @@ class Target:
                     raise _PredicateFalse
             params = self.settings.sql_parameters() if "%(" in query.sql else None
             await cursor.execute(query.sql, params)
-            if cursor.description is None:
-                raise CollectorFailed("query returned no result set")
-            names = [column.name for column in cursor.description]
-            rows = await cursor.fetchall()
-        return RowRenderer(spec, names).render(rows)
+            return self._render(spec, cursor.description, await cursor.fetchall())
+
+    @staticmethod
+    def _render(
+        spec: CollectorSpec, description: Sequence[Column] | None, rows: list[tuple[Any, ...]]
+    ) -> CollectorOutput:
+        if description is None:
+            raise CollectorFailed("query returned no result set")
+        return RowRenderer(spec, [column.name for column in description]).render(rows)
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
