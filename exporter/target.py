@@ -23,7 +23,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from exporter.catalog import CollectorSpec
 from exporter.dsn import redact_dsn, scrub, secrets_of
 from exporter.errors import CollectorFailed
+from exporter.exposition import merge_families
 from exporter.plan import PlannedQuery, ServerInfo, plan_queries, select_databases
+from exporter.selfmetrics import self_families
 from exporter.settings import Settings
 from exporter.snapshot import CollectorOutput, Family, RowRenderer, format_float
 
@@ -169,7 +171,10 @@ class Target:
             async with asyncio.timeout(timeout):
                 server = await self._probe()
         except (TimeoutError, psycopg.Error, PoolTimeout) as exc:
-            self._note_down(exc)
+            if self._was_up is not False:
+                reason = await self._why_down(exc, deadline)
+                log.warning("target %s (%s) is down: %s", self.name, self.public_dsn, reason)
+            self._was_up = False
             return self._finish(started, up=False, runs=[], server=None)
         self._note_up()
         runs = await self._run_all(server, deadline)
@@ -358,12 +363,27 @@ class Target:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return scrub(text, self._secrets)
 
-    def _note_down(self, exc: BaseException) -> None:
-        if self._was_up is not False:
-            log.warning(
-                "target %s (%s) is down: %s", self.name, self.public_dsn, self._describe(exc)
-            )
-        self._was_up = False
+    async def _why_down(self, exc: BaseException, deadline: float) -> str:
+        """Return the server's own reason for a failed probe, once per outage, for the log.
+
+        The pool only says it got no connection in time; one direct attempt says why
+        (refused, no such database, authentication failed).
+        """
+        if not isinstance(exc, PoolTimeout | TimeoutError):
+            return self._describe(exc)
+        budget = deadline - time.monotonic()
+        if budget < 0.5:
+            return "no answer within the scrape deadline"
+        kwargs = {**self._connect_kwargs, "connect_timeout": max(1, int(budget))}
+        try:
+            async with asyncio.timeout(budget):
+                conn = await psycopg.AsyncConnection.connect(self._dsn, **kwargs)
+            await conn.close()
+        except TimeoutError:
+            return "no answer within the scrape deadline"
+        except psycopg.Error as direct:
+            return self._describe(direct)
+        return self._describe(exc)
 
     def _note_up(self) -> None:
         if self._was_up is False:
@@ -385,9 +405,6 @@ class Target:
     def _finish(
         self, started: float, *, up: bool, runs: list[CollectorRun], server: ServerInfo | None
     ) -> Snapshot:
-        from exporter.exposition import merge_families
-        from exporter.selfmetrics import self_families
-
         for run in runs:
             if run.error:
                 self._counters.errors[run.collector] = (
