@@ -27,7 +27,8 @@ RESERVED_PREFIXES = ("pg_exporter_", "process_", "python_")
 RESERVED_NAMES = frozenset({"pg_up"})
 PROFILE_RANK = {"minimal": 0, "standard": 1, "full": 2}
 
-Usage = Literal["label", "gauge", "counter", "histogram", "discard"]
+Usage = Literal["label", "gauge", "counter", "histogram", "bucketed_histogram", "discard"]
+METRIC_USAGES = frozenset({"gauge", "counter", "histogram", "bucketed_histogram"})
 
 
 class _Strict(BaseModel):
@@ -46,12 +47,14 @@ class ColumnSpec(_Strict):
 
     @model_validator(mode="after")
     def _buckets_only_for_histograms(self) -> ColumnSpec:
+        if self.usage == "bucketed_histogram" and self.buckets is not None:
+            raise ValueError("a bucketed histogram takes its bounds from the query, not 'buckets'")
         if self.usage == "histogram":
             if not self.buckets:
                 raise ValueError("a histogram column needs 'buckets'")
             if list(self.buckets) != sorted(set(self.buckets)):
                 raise ValueError("'buckets' must be strictly increasing")
-        elif self.buckets is not None:
+        elif self.buckets is not None and self.usage != "bucketed_histogram":
             raise ValueError("'buckets' is only for histogram columns")
         if self.usage in ("label", "discard") and (
             self.scale is not None or self.default is not None
@@ -102,13 +105,16 @@ class CollectorSpec(_Strict):
     recovery: Literal["any", "primary", "standby"] = "any"
     predicate: str | None = None
     ignore_extra_columns: bool = False
+    # Keep metric names as another exporter made them (counters without _total), for
+    # imported postgres_exporter queries whose dashboards depend on those names.
+    legacy_names: bool = False
     variants: tuple[VariantSpec, ...] = Field(alias="variant", min_length=1)
     columns: dict[str, ColumnSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSpec:
         usages = {column.usage for column in self.columns.values()}
-        if not usages & {"gauge", "counter", "histogram"}:
+        if not usages & METRIC_USAGES:
             raise ValueError("columns: declare at least one gauge, counter or histogram")
         if "histogram" in usages and usages & {"gauge", "counter"}:
             raise ValueError(
@@ -116,7 +122,14 @@ class CollectorSpec(_Strict):
                 " (each row is one observation)"
             )
         for column, spec in self.columns.items():
-            _check_column_names(self.namespace, column, spec)
+            _check_column_names(self.namespace, column, spec, legacy_names=self.legacy_names)
+            if spec.usage == "bucketed_histogram":
+                for part in ("_bucket", "_sum", "_count"):
+                    if column + part not in self.columns:
+                        raise ValueError(
+                            f"columns.{column}: a bucketed histogram needs a column"
+                            f" {column + part!r} (declare it as discard)"
+                        )
         check_variants_disjoint(self.variants)
         return self
 
@@ -133,11 +146,13 @@ class CollectorSpec(_Strict):
         return [
             self.metric_name(column)
             for column, spec in self.columns.items()
-            if spec.usage in ("gauge", "counter", "histogram")
+            if spec.usage in METRIC_USAGES
         ]
 
 
-def _check_column_names(namespace: str, column: str, spec: ColumnSpec) -> None:
+def _check_column_names(
+    namespace: str, column: str, spec: ColumnSpec, *, legacy_names: bool
+) -> None:
     where = f"columns.{column}"
     if spec.usage == "label":
         label = spec.rename or column
@@ -151,9 +166,9 @@ def _check_column_names(namespace: str, column: str, spec: ColumnSpec) -> None:
         raise ValueError(f"{where}: {name!r} is not a valid metric name")
     if name.startswith(RESERVED_PREFIXES) or name in RESERVED_NAMES:
         raise ValueError(f"{where}: {name!r} is reserved for the exporter's own metrics")
-    if spec.usage == "counter" and not name.endswith("_total"):
+    if spec.usage == "counter" and not name.endswith("_total") and not legacy_names:
         raise ValueError(f"{where}: counter {name!r} must end in '_total'")
-    if spec.usage != "counter" and name.endswith("_total"):
+    if spec.usage != "counter" and name.endswith("_total") and not legacy_names:
         raise ValueError(f"{where}: only counters end in '_total' ({name!r})")
     if spec.usage == "histogram" and name.endswith(("_bucket", "_sum", "_count")):
         raise ValueError(f"{where}: histogram {name!r} must not end in _bucket, _sum or _count")
@@ -243,27 +258,43 @@ def directory_files(directory: Path) -> list[tuple[str, str]]:
     ]
 
 
-def load_catalog(extra_dirs: Sequence[Path] = (), *, builtin: bool = True) -> Catalog:
-    """Load the built-in catalog and every user directory; raise CatalogError on any problem."""
+def load_catalog(
+    extra_dirs: Sequence[Path] = (),
+    *,
+    builtin: bool = True,
+    query_files: Sequence[Path] = (),
+    disabled: Iterable[str] = (),
+) -> Catalog:
+    """Load the built-in catalog, user directories and postgres_exporter query files.
+
+    Raise CatalogError on the first problem: a bad file, a duplicate collector name, or two
+    collectors emitting one metric name (counted without `_total`, as OpenMetrics names them).
+    """
+    from exporter.compat import load_queries_yaml
+
     files = builtin_files() if builtin else []
     for directory in extra_dirs:
         files.extend(directory_files(directory))
+    loaded = [(path, load_collector_file(path, text)) for path, text in files]
+    for query_file in query_files:
+        loaded.extend((str(query_file), spec) for spec in load_queries_yaml(query_file))
     collectors: list[CollectorSpec] = []
     sources: dict[str, str] = {}
     metric_owner: dict[str, str] = {}
-    for path, text in files:
-        spec = load_collector_file(path, text)
+    skip = set(disabled)
+    for path, spec in loaded:
         if spec.name in sources:
             raise CatalogError(
                 f"{path}: name: collector {spec.name!r} is already defined in {sources[spec.name]}"
             )
-        for metric in spec.metric_names():
-            if metric in metric_owner:
+        for metric in [] if spec.name in skip else spec.metric_names():
+            family = metric.removesuffix("_total")
+            if family in metric_owner:
                 raise CatalogError(
                     f"{path}: columns: metric {metric!r} is already emitted by collector"
-                    f" {metric_owner[metric]!r}"
+                    f" {metric_owner[family]!r} (disable one in disabled_collectors)"
                 )
-            metric_owner[metric] = spec.name
+            metric_owner[family] = spec.name
         sources[spec.name] = path
         collectors.append(spec)
     return Catalog(collectors=tuple(collectors), sources=sources)

@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         help="TLS and basic auth settings (exporter-toolkit's web config format)",
     )
     parser.add_argument(
+        "--extend.query-path",
+        dest="extend_query_path",
+        type=Path,
+        help="a postgres_exporter queries.yaml to run as well, unchanged",
+    )
+    parser.add_argument(
         "command",
         nargs="?",
         default="serve",
@@ -62,7 +68,10 @@ class Loaded:
 
 
 def load(
-    config: Path | None, listen_address: str | None, web_config_file: Path | None = None
+    config: Path | None,
+    listen_address: str | None,
+    web_config_file: Path | None = None,
+    extend_query_path: Path | None = None,
 ) -> Loaded:
     """Load and check everything; raise ExporterError with one line if anything is wrong."""
     overrides: dict[str, Any] = {}
@@ -70,8 +79,14 @@ def load(
         overrides["listen_address"] = listen_address
     if web_config_file:
         overrides["web_config_file"] = web_config_file
+    if extend_query_path:
+        overrides["extend_query_path"] = [extend_query_path]
     settings = load_settings(config, **overrides)
-    catalog = load_catalog(settings.collector_dirs)
+    catalog = load_catalog(
+        settings.collector_dirs,
+        query_files=settings.extend_query_path,
+        disabled=settings.disabled_collectors,
+    )
     unknown = sorted(set(settings.disabled_collectors) - set(catalog.sources))
     if unknown:
         raise ExporterError(f"disabled_collectors: no collector named {unknown[0]!r}")
@@ -110,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from exporter.demo import run_demo
 
             return run_demo(args.listen_address or "127.0.0.1:9187")
-        loaded = load(args.config, args.listen_address, args.web_config_file)
+        loaded = load(
+            args.config, args.listen_address, args.web_config_file, args.extend_query_path
+        )
     except ExporterError as exc:
         print(f"pg-health-exporter: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -56,11 +56,16 @@ def encode(
     for family in families:
         if not family.lines:
             continue
-        name = family.name
-        if openmetrics and family.type == "counter":
-            name = name.removesuffix("_total")
+        name, kind = family.name, family.type
+        if openmetrics and kind == "counter":
+            if name.endswith("_total"):
+                name = name.removesuffix("_total")
+            else:
+                # A counter named the old way (an imported postgres_exporter query) is not a
+                # valid OpenMetrics counter; "unknown" keeps its samples as they are.
+                kind = "unknown"
         parts.append(f"# HELP {name} {_escape_help(family.help, openmetrics)}\n")
-        parts.append(f"# TYPE {name} {family.type}\n")
+        parts.append(f"# TYPE {name} {kind}\n")
         parts.extend(family.lines)
     body = "".join(parts).encode("utf-8")
     if registry is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -97,6 +99,7 @@ class Settings(BaseSettings):
     )
     listen_address: str = ":9187"
     collector_dirs: list[Path] = []
+    extend_query_path: Annotated[list[Path], NoDecode] = []
     profile: Profile = "standard"
     disabled_collectors: list[str] = []
     include_databases: list[str] = []
@@ -123,6 +126,14 @@ class Settings(BaseSettings):
             if not TARGET_NAME.fullmatch(name):
                 raise ValueError(f"target name {name!r} must match {TARGET_NAME.pattern}")
         return targets
+
+    @field_validator("extend_query_path", mode="before")
+    @classmethod
+    def _one_or_many_paths(cls, value: Any) -> Any:
+        # postgres_exporter's PG_EXPORTER_EXTEND_QUERY_PATH is one path; a JSON list works too.
+        if isinstance(value, str):
+            return json.loads(value) if value.startswith("[") else [value] if value else []
+        return value
 
     @field_validator("include_databases", "exclude_databases")
     @classmethod

@@ -13,7 +13,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from exporter.catalog import CollectorSpec
+from exporter.catalog import METRIC_USAGES, CollectorSpec
 from exporter.errors import CollectorFailed
 
 
@@ -108,12 +108,16 @@ class _MetricColumn:
     scale: float | None
     default: float | None
     buckets: tuple[float, ...]
+    # For a bucketed histogram: where its _bucket, _sum and _count columns are.
+    parts: tuple[int, int, int] | None = None
 
 
 class RowRenderer:
     """Render rows of one collector whose result columns are known."""
 
-    def __init__(self, spec: CollectorSpec, column_names: Sequence[str]) -> None:
+    def __init__(
+        self, spec: CollectorSpec, column_names: Sequence[str], *, datname: str | None = None
+    ) -> None:
         declared = set(spec.columns)
         missing = [name for name in spec.columns if name not in column_names]
         if missing:
@@ -133,13 +137,18 @@ class RowRenderer:
             if column_spec.usage == "label":
                 self.label_indexes.append(index)
                 self.label_names.append(spec.label_name(column))
-            elif column_spec.usage in ("gauge", "counter", "histogram"):
+            elif column_spec.usage in METRIC_USAGES:
+                bucketed = column_spec.usage == "bucketed_histogram"
                 family = Family(
                     name=spec.metric_name(column),
-                    type=column_spec.usage,
+                    type="histogram" if bucketed else column_spec.usage,
                     help=column_spec.description,
                 )
                 self.families.append(family)
+                parts = None
+                if bucketed:
+                    b, s, c = (list(column_names).index(column + p) for p in _HISTOGRAM_PARTS)
+                    parts = (b, s, c)
                 self.metrics.append(
                     _MetricColumn(
                         index,
@@ -147,12 +156,18 @@ class RowRenderer:
                         column_spec.scale,
                         column_spec.default,
                         column_spec.buckets or (),
+                        parts,
                     )
                 )
+        # A database-scoped query that does not name its database would repeat the same
+        # series once per database: the exporter adds the label itself.
+        self.fixed_labels = ""
+        if datname is not None and "datname" not in self.label_names:
+            self.fixed_labels = f'datname="{escape_label_value(datname)}"'
 
     def render(self, rows: Iterable[Sequence[Any]]) -> CollectorOutput:
         """Render every row; drop duplicate label sets and series beyond max_series."""
-        if self.metrics and self.metrics[0].family.type == "histogram":
+        if self.metrics and self.metrics[0].buckets:
             return self._render_histograms(rows)
         seen: set[tuple[Any, ...]] = set()
         label_indexes = self.label_indexes
@@ -166,8 +181,14 @@ class RowRenderer:
                 duplicates += len(metrics)
                 continue
             seen.add(key)
-            block = _label_block(label_names, key)
+            block = _label_block(label_names, key, self.fixed_labels)
             for metric in metrics:
+                if metric.parts is not None:
+                    if series >= limit:
+                        over_limit += 1
+                        continue
+                    series += _bucketed_lines(metric, row, block)
+                    continue
                 value = row[metric.index]
                 number = to_number(value) if type(value) is not int else value
                 if number is None:
@@ -200,12 +221,13 @@ class RowRenderer:
                     continue
                 series += len(buckets) + 3
                 name = metric.family.name
+                fixed = self.fixed_labels
                 for bound in buckets:
                     le = f'le="{format_float(float(bound))}"'
-                    block = _label_block(self.label_names, key, le)
+                    block = _label_block(self.label_names, key, fixed, le)
                     count = sum(1 for v in observed if v <= bound)
                     metric.family.lines.append(f"{name}_bucket{block} {count}\n")
-                block = _label_block(self.label_names, key, 'le="+Inf"')
+                block = _label_block(self.label_names, key, fixed, 'le="+Inf"')
                 metric.family.lines.append(f"{name}_bucket{block} {len(observed)}\n")
                 block = _label_block(self.label_names, key)
                 metric.family.lines.append(
@@ -224,11 +246,35 @@ def _observation(value: Any, metric: _MetricColumn) -> float | None:
     return None if number is None else float(number)
 
 
-def _label_block(names: Sequence[str], values: Sequence[Any], extra: str = "") -> str:
+_HISTOGRAM_PARTS = ("_bucket", "_sum", "_count")
+
+
+def _bucketed_lines(metric: _MetricColumn, row: Sequence[Any], block: str) -> int:
+    """Write a histogram whose cumulative buckets the query computed; return its series."""
+    assert metric.parts is not None
+    bucket_index, sum_index, count_index = metric.parts
+    bounds, counts = row[metric.index] or [], row[bucket_index] or []
+    if len(bounds) != len(counts):
+        raise CollectorFailed(
+            f"{metric.family.name}: {len(bounds)} bounds but {len(counts)} buckets"
+        )
+    name, lines = metric.family.name, metric.family.lines
+    inner = block[1:-1] + "," if block else ""
+    count = to_number(row[count_index]) or 0
+    # The bounds come from an array aggregate whose order the query may not have fixed.
+    for bound, bucket in sorted(zip(bounds, counts, strict=True)):
+        le = format_float(float(bound))
+        lines.append(f'{name}_bucket{{{inner}le="{le}"}} {to_number(bucket) or 0}\n')
+    lines.append(f'{name}_bucket{{{inner}le="+Inf"}} {count}\n')
+    lines.append(f"{name}_sum{block} {format_float(float(to_number(row[sum_index]) or 0))}\n")
+    lines.append(f"{name}_count{block} {count}\n")
+    return len(bounds) + 3
+
+
+def _label_block(names: Sequence[str], values: Sequence[Any], *extra: str) -> str:
     parts = [
         f'{name}="{escape_label_value(label_text(value))}"'
         for name, value in zip(names, values, strict=True)
     ]
-    if extra:
-        parts.append(extra)
+    parts.extend(part for part in extra if part)
     return "{" + ",".join(parts) + "}" if parts else ""

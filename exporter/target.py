@@ -311,7 +311,12 @@ class Target:
             max(0.001, deadline - started),
         )
         try:
-            run.output = await self._query(conn, query, timeout)
+            description, rows = await self._query(conn, query, timeout)
+            if description is None:
+                raise CollectorFailed("query returned no result set")
+            names = [column.name for column in description]
+            datname = run.datname if spec.scope == "database" else None
+            run.output = RowRenderer(spec, names, datname=datname).render(rows)
         except _PredicateFalse:
             run.skipped = "predicate is false"
         except CollectorFailed as exc:
@@ -329,13 +334,14 @@ class Target:
 
     async def _query(
         self, conn: psycopg.AsyncConnection[Any], query: PlannedQuery, timeout: float
-    ) -> CollectorOutput | None:
+    ) -> tuple[Sequence[Column] | None, list[tuple[Any, ...]]]:
+        """Run the collector's SQL; return the result's columns and rows."""
         spec = query.spec
         if self.pgbouncer:
             # The admin console knows no transactions or settings: one simple-protocol query.
             async with conn.cursor() as cursor:
                 await cursor.execute(query.sql)
-                return self._render(spec, cursor.description, await cursor.fetchall())
+                return cursor.description, await cursor.fetchall()
         async with conn.transaction(), conn.cursor() as cursor:
             # A bound parameter keeps this one entry in pg_stat_statements, whatever the value.
             await cursor.execute(
@@ -349,15 +355,7 @@ class Target:
                     raise _PredicateFalse
             params = self.settings.sql_parameters() if "%(" in query.sql else None
             await cursor.execute(query.sql, params)
-            return self._render(spec, cursor.description, await cursor.fetchall())
-
-    @staticmethod
-    def _render(
-        spec: CollectorSpec, description: Sequence[Column] | None, rows: list[tuple[Any, ...]]
-    ) -> CollectorOutput:
-        if description is None:
-            raise CollectorFailed("query returned no result set")
-        return RowRenderer(spec, [column.name for column in description]).render(rows)
+            return cursor.description, await cursor.fetchall()
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

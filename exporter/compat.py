@@ -1,0 +1,114 @@
+"""Read a postgres_exporter queries.yaml unchanged, as collectors, so users can switch over.
+
+Each top-level entry becomes a collector whose metric names are postgres_exporter's own
+(`<entry>_<column>`, counters without `_total`), so existing dashboards keep working.
+`master: true` and the default both run once per server on the DSN's database, as
+postgres_exporter does without --auto-discover-databases; `cache_seconds` becomes `ttl`;
+`runonserver` ranges such as ">=13.0.0 <16.0.0" become version bounds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from exporter.catalog import CollectorSpec
+from exporter.errors import CatalogError
+from exporter.settings import describe_validation_error
+
+_USAGES = {
+    "LABEL": "label",
+    "GAUGE": "gauge",
+    "COUNTER": "counter",
+    "DISCARD": "discard",
+    "HISTOGRAM": "bucketed_histogram",
+}
+_RANGE = re.compile(r"(>=|<=|>|<|=)?\s*(\d+)(?:\.(\d+))?(?:\.\d+)?")
+
+
+def _version_bounds(expression: str, where: str) -> tuple[int | None, int | None]:
+    """Turn a semver range into [min_version, max_version) in server_version_num units.
+
+    >>> _version_bounds(">=13.0.0 <16.0.0", "x")
+    (130000, 160000)
+    >>> _version_bounds(">14.0.0", "x")
+    (150000, None)
+    """
+    low: int | None = None
+    high: int | None = None
+    for operator, major_text, _minor in _RANGE.findall(expression):
+        major = int(major_text) * 10000
+        if operator in (">=", "", "="):
+            low = major
+            if operator == "=":
+                high = major + 10000
+        elif operator == ">":
+            low = major + 10000
+        elif operator == "<":
+            high = major
+        elif operator == "<=":
+            high = major + 10000
+    if low is None and high is None:
+        raise CatalogError(f"{where}.runonserver: cannot read version range {expression!r}")
+    return low, high
+
+
+def _collector(path: Path, namespace: str, entry: Any) -> CollectorSpec:
+    where = f"{path}: {namespace}"
+    if not isinstance(entry, dict) or "query" not in entry or "metrics" not in entry:
+        raise CatalogError(f"{where}: needs 'query' and 'metrics'")
+    columns: dict[str, dict[str, Any]] = {}
+    for item in entry["metrics"] or []:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise CatalogError(f"{where}.metrics: each item is one 'column: {{usage: ...}}'")
+        ((column, spec),) = item.items()
+        usage = _USAGES.get(str((spec or {}).get("usage", "")).upper())
+        if usage is None:
+            raise CatalogError(
+                f"{where}.metrics.{column}.usage: {spec.get('usage')!r} is not supported"
+                f" (use one of {', '.join(_USAGES)})"
+            )
+        columns[str(column)] = {
+            "usage": usage,
+            "description": str(spec.get("description") or column),
+        }
+        if usage == "bucketed_histogram":
+            for part in ("_bucket", "_sum", "_count"):
+                columns.setdefault(
+                    f"{column}{part}", {"usage": "discard", "description": "histogram part"}
+                )
+    variant: dict[str, Any] = {"sql": entry["query"]}
+    if entry.get("runonserver"):
+        low, high = _version_bounds(str(entry["runonserver"]), where)
+        variant.update(min_version=low, max_version=high)
+    document = {
+        "name": "pe_" + re.sub(r"[^a-z0-9_]", "_", namespace.lower()),
+        "help": f"postgres_exporter query {namespace} from {path.name}",
+        "namespace": namespace,
+        "scope": "cluster",
+        "ttl": entry.get("cache_seconds", 0),
+        "legacy_names": True,
+        "variant": [variant],
+        "columns": columns,
+    }
+    try:
+        return CollectorSpec.model_validate(document)
+    except ValidationError as exc:
+        raise CatalogError(f"{where}: {describe_validation_error(exc)}") from None
+
+
+def load_queries_yaml(path: Path) -> list[CollectorSpec]:
+    """Read a postgres_exporter query file; raise CatalogError naming the entry if wrong."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(document, dict):
+        raise CatalogError(f"{path}: expected a mapping of query names")
+    return [_collector(path, str(name), entry) for name, entry in document.items()]
