@@ -15,7 +15,13 @@ def _version(number: int | None) -> str:
     return "13" if number is None or number <= 130000 else str(number // 10000)
 
 
+_SHOW = re.compile(r"\bSHOW\s+([A-Z_]+)", re.IGNORECASE)
+
+
 def _sources(spec: CollectorSpec) -> str:
+    if spec.scope == "pgbouncer":
+        shows = {f"`SHOW {m.upper()}`" for v in spec.variants for m in _SHOW.findall(v.sql)}
+        return ", ".join(sorted(shows))
     found: list[str] = []
     for variant in spec.variants:
         for name in _SOURCE.findall(variant.sql):
@@ -25,6 +31,10 @@ def _sources(spec: CollectorSpec) -> str:
 
 
 def _min_version(spec: CollectorSpec) -> str:
+    if spec.scope == "pgbouncer":
+        lowest_bouncer = min((v.min_version or 0) for v in spec.variants)
+        major, rest = divmod(lowest_bouncer, 10000)
+        return f"PgBouncer {major}.{rest // 100}" if lowest_bouncer else "any PgBouncer"
     lowest = min((v.min_version or 0) for v in spec.variants)
     text = _version(lowest or None)
     highest = [v.max_version for v in spec.variants]
@@ -42,6 +52,7 @@ def render(catalog: Catalog) -> str:
         "a test fails when this file and the catalog disagree.",
         "Type, labels, the collector that emits it (its scope, profile and `ttl`), the PostgreSQL",
         "views it reads and the oldest server version it runs on (13 is the oldest supported).",
+        "Collectors of scope `pgbouncer` run only on targets of type pgbouncer.",
         "",
         "## Collectors",
         "",

@@ -201,7 +201,8 @@ class Target:
     async def _run_all(self, server: ServerInfo, deadline: float) -> list[CollectorRun]:
         planned, skipped = plan_queries(self.collectors, server)
         runs = [CollectorRun(s.spec.name, "", skipped=s.reason) for s in skipped]
-        cluster = [p for p in planned if p.spec.scope == "cluster"]
+        # A PgBouncer console is one "server" too: its collectors run once, like cluster ones.
+        cluster = [p for p in planned if p.spec.scope in ("cluster", "pgbouncer")]
         per_database = [p for p in planned if p.spec.scope == "database"]
         work: dict[str, list[PlannedQuery]] = {server.database: list(cluster)}
         for name in self._databases_to_scrape(server) if per_database else []:
