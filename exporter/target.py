@@ -43,6 +43,7 @@ SELECT current_setting('server_version_num')::int,
              ORDER BY datname)"""
 
 EXTENSIONS_SQL = "SELECT extname FROM pg_extension"
+PREDICATE_FALSE = "predicate is false"
 
 
 @dataclass
@@ -70,7 +71,8 @@ class Snapshot:
 @dataclass
 class _CacheEntry:
     expires: float
-    output: CollectorOutput
+    output: CollectorOutput | None
+    skipped: str | None = None
 
 
 @dataclass
@@ -305,7 +307,7 @@ class Target:
         key = (spec.name, run.datname)
         cached = self._cache.get(key)
         if cached is not None and cached.expires > started:
-            run.output, run.cached = cached.output, True
+            run.output, run.skipped, run.cached = cached.output, cached.skipped, True
             return
         timeout = min(
             spec.timeout or self.settings.statement_timeout_seconds,
@@ -319,7 +321,7 @@ class Target:
             datname = run.datname if spec.scope == "database" else None
             run.output = RowRenderer(spec, names, datname=datname).render(rows)
         except _PredicateFalse:
-            run.skipped = "predicate is false"
+            run.skipped = PREDICATE_FALSE
         except CollectorFailed as exc:
             run.error = str(exc)
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -330,8 +332,9 @@ class Target:
                 raise
         finally:
             run.duration = time.monotonic() - started
-        if run.output is not None and spec.ttl > 0:
-            self._cache[key] = _CacheEntry(started + spec.ttl, run.output)
+        # A predicate that said no is as stable as the answer: both keep for the ttl.
+        if spec.ttl > 0 and (run.output is not None or run.skipped == PREDICATE_FALSE):
+            self._cache[key] = _CacheEntry(started + spec.ttl, run.output, run.skipped)
 
     async def _query(
         self, conn: psycopg.AsyncConnection[Any], query: PlannedQuery, timeout: float

@@ -44,7 +44,7 @@ class Scrape:
             for sample in family.samples:
                 self.samples.append(Sample(sample.name, dict(sample.labels), sample.value))
 
-    def find(self, name: str, **labels: str) -> list[Sample]:
+    def find(self, name: str, /, **labels: str) -> list[Sample]:
         """Return the samples of this name whose labels include these."""
         return [
             s
@@ -52,7 +52,7 @@ class Scrape:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         ]
 
-    def value(self, name: str, **labels: str) -> float:
+    def value(self, name: str, /, **labels: str) -> float:
         """Return the one sample's value; fail if there is none or more than one."""
         found = self.find(name, **labels)
         assert len(found) == 1, (
@@ -111,11 +111,14 @@ def connect(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
 def flush_stats(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
     """Make this session's statistics visible to others before the test scrapes.
 
-    From PostgreSQL 15 a backend flushes when it goes idle after pg_stat_force_next_flush();
-    before 15 the statistics collector receives them within about half a second.
+    From PostgreSQL 15 a backend flushes when it goes idle after pg_stat_force_next_flush().
+    Before 15 it sends at most every 500 ms, at the end of a statement, and the collector
+    takes a moment more: wait, make a statement end, wait again.
     """
     if conn.info.server_version >= 150000:
         conn.execute("SELECT pg_stat_force_next_flush()")
         conn.execute("SELECT 1")
     else:
-        time.sleep(0.7)
+        time.sleep(0.6)
+        conn.execute("SELECT 1")
+        time.sleep(0.5)
