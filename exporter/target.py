@@ -209,6 +209,7 @@ class Target:
         work: dict[str, list[PlannedQuery]] = {server.database: list(cluster)}
         for name in self._databases_to_scrape(server) if per_database else []:
             work.setdefault(name, []).extend(per_database)
+        await self._forget_databases_except(set(work))
         pending_runs: dict[str, list[CollectorRun]] = {
             name: [
                 CollectorRun(p.spec.name, name if p.spec.scope == "database" else "")
@@ -235,6 +236,16 @@ class Target:
                     run.error = "scrape deadline exceeded"
             runs.extend(database_runs)
         return runs
+
+    async def _forget_databases_except(self, keep: set[str]) -> None:
+        """Close the pools and drop the cache of databases no longer scraped (dropped, say)."""
+        gone = [name for name in self._database_pools if name not in keep]
+        for name in gone:
+            await self._database_pools.pop(name).close()
+        if gone:
+            self._cache = {
+                key: entry for key, entry in self._cache.items() if key[1] in keep or not key[1]
+            }
 
     def _databases_to_scrape(self, server: ServerInfo) -> list[str]:
         # The DSN's own database first, so it is never the one cut by max_databases.

@@ -1,0 +1,49 @@
+"""A target across scrapes: databases that come and go, and the ttl cache."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from exporter.target import Target
+from tests.conftest import Server
+from tests.helpers import CATALOG, connect, make_settings
+
+
+async def test_a_dropped_database_leaves_no_pool_and_no_error(pg: Server) -> None:
+    with connect(pg.admin()) as conn:
+        conn.execute("DROP DATABASE IF EXISTS comes_and_goes")
+        conn.execute("CREATE DATABASE comes_and_goes")
+    settings = make_settings(pg.monitor(), include_databases=["postgres", "comes_and_goes"])
+    target = Target("t", pg.monitor(), settings, CATALOG.selected(profile="standard"))
+    await target.open()
+    try:
+        await target.scrape(20)
+        assert "comes_and_goes" in target._database_pools
+        with connect(pg.admin()) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                ("comes_and_goes",),
+            )
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier("comes_and_goes")))
+        await target.scrape(20)
+        assert "comes_and_goes" not in target._database_pools
+        assert not any(run.error for run in target.last_runs)
+        assert not any(key[1] == "comes_and_goes" for key in target._cache)
+    finally:
+        await target.close()
+
+
+async def test_ttl_cache_serves_repeated_scrapes(pg: Server) -> None:
+    settings = make_settings(pg.monitor())
+    target = Target("t", pg.monitor(), settings, CATALOG.selected(profile="standard"))
+    await target.open()
+    try:
+        await target.scrape(20)
+        first = {run.collector: run for run in target.last_runs if run.datname == "postgres"}
+        await target.scrape(20)
+        second = {run.collector: run for run in target.last_runs if run.datname == "postgres"}
+    finally:
+        await target.close()
+    assert not first["table_sizes"].cached and second["table_sizes"].cached  # ttl 60
+    assert second["table_sizes"].output is first["table_sizes"].output
+    assert not second["table_stats"].cached  # no ttl: asked again
