@@ -119,7 +119,8 @@ class Target:
         self._database_pools: dict[str, AsyncConnectionPool] = {}
         self._parallel = asyncio.Semaphore(settings.pool_size)
         self._cache: dict[tuple[str, str], _CacheEntry] = {}
-        self._counters = _Counters()
+        # Every collector's error counter exists from the start, so increase() sees the first.
+        self._counters = _Counters(errors={spec.name: 0 for spec in self.collectors})
         self._inflight: asyncio.Task[Snapshot] | None = None
         self._logged: set[tuple[str, str]] = set()
         self._was_up: bool | None = None

@@ -102,7 +102,12 @@ async def test_connections_by_state_and_idle_in_transaction(pg: Server, database
         assert result.value("pg_connections", datname=database, state="idle") >= 1
         assert result.value("pg_activity_idle_in_transaction_over_threshold") >= 1
         assert result.value("pg_activity_oldest_idle_in_transaction_seconds") > 0
+        (holder,) = result.find("pg_activity_idle_in_transaction_seconds", datname=database)
+        assert holder.labels["state"] == "idle in transaction"
+        assert int(holder.labels["pid"]) == idle_in_tx.info.backend_pid
+        assert holder.value > 0
         assert result.value("pg_connections_max") == 200
+        assert result.value("pg_connections_reserved") >= 0
 
 
 async def test_long_running_query_is_counted_and_listed(pg: Server, database: str) -> None:

@@ -1,0 +1,531 @@
+"""End to end: a real Prometheus scrapes the exporter over real servers in trouble.
+
+One PostgreSQL primary runs the :class:`tests.test_dashboards.Scenario` (a long-running query,
+a session idle in a transaction holding a lock and one blocked on it, a table full of dead
+tuples, partitions that end in 12 hours, an invalid index, a nearly exhausted sequence, an
+idle replication slot, a slow statement run over and over) and has a streaming standby;
+PgBouncer sits in front with a saturated one-connection pool; sessions fill 92 % of
+max_connections. The exporter (a subprocess, long_query_threshold_seconds = 2, plus one
+collector that always fails) serves the primary on /metrics and the standby, PgBouncer and a
+server that does not exist as /probe targets. Prometheus (Debian's /usr/bin/prometheus) scrapes
+it every second with the example ``dashboards/prometheus.yml`` (its relabeling unchanged) and
+evaluates the shipped rules with every ``for`` shortened to 1 s.
+
+Then: every dashboard query returns data, every metric the dashboards and rules name has been
+scraped (standby and PgBouncer metrics included), and the alerts the scenario calls for fire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from exporter.localpg import LocalPostgres
+from tests.helpers import connect
+from tests.test_dashboards import (
+    DASHBOARDS,
+    RULE_FILES,
+    Scenario,
+    named_metrics,
+    panel_queries,
+    substitute,
+    variable_queries,
+)
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+MONITOR = "pghe_monitor"
+DATABASE = "helpdesk"
+MAX_CONNECTIONS = 100
+#: The statement that holds PgBouncer's only server connection for the pool of DATABASE.
+HELD_BY_PGBOUNCER = "SELECT pg_sleep(599)"
+#: Everything waits within this many seconds of the stack being up.
+BUDGET_SECONDS = 60.0
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not PROMETHEUS.is_file(),
+        reason="no /usr/bin/prometheus (Debian package prometheus; .ci/run installs it)",
+    ),
+    pytest.mark.skipif(
+        not Path(PGBOUNCER).is_file(),
+        reason="no pgbouncer (Debian package pgbouncer; .ci/run installs it)",
+    ),
+]
+
+FAILING_COLLECTOR = """
+name = "e2e_always_failing"
+help = "Fails on every scrape, for PostgresExporterCollectorFailing."
+namespace = "e2e_check"
+scope = "cluster"
+profile = "minimal"
+
+[[variant]]
+sql = "SELECT 1 / (SELECT count(*) FROM pg_database WHERE false) AS failures"
+
+[columns.failures]
+usage = "gauge"
+description = "Never produced: the query divides by zero."
+"""
+
+#: (alert, severity) -> labels the firing alert must carry: what the scenario makes happen.
+EXPECTED_ALERTS: dict[tuple[str, str], dict[str, str]] = {
+    ("PostgresDown", "critical"): {"instance": "gone"},
+    ("PostgresExporterDown", "critical"): {"job": "postgres-unreachable"},
+    ("PostgresExporterCollectorFailing", "warning"): {"collector": "e2e_always_failing"},
+    ("PostgresConnectionSaturation", "warning"): {"job": "postgres"},
+    ("PostgresConnectionSaturation", "critical"): {"job": "postgres"},
+    ("PgBouncerClientsWaiting", "warning"): {"instance": "pgbouncer", "database": DATABASE},
+    ("PostgresLongRunningQueries", "warning"): {"job": "postgres"},
+    ("PostgresIdleInTransaction", "warning"): {"job": "postgres"},
+    ("PostgresSlowQueries", "warning"): {"datname": DATABASE},
+    ("PostgresTableDeadTuples", "warning"): {"relname": "ticket_events"},
+    ("PostgresAutovacuumLagging", "warning"): {"relname": "ticket_events"},
+    ("PostgresPartitionsRunningOut", "warning"): {"relname": "audit_logs"},
+    ("PostgresPartitionsRunningOut", "critical"): {"relname": "audit_logs"},
+    ("PostgresDefaultPartitionHasRows", "warning"): {"relname": "audit_logs"},
+    ("PostgresInvalidIndex", "warning"): {"indexrelname": "idx_tickets_status_unique"},
+    ("PostgresSequenceNearExhaustion", "warning"): {"sequencename": "invoice_numbers"},
+    ("PostgresSequenceNearExhaustion", "critical"): {"sequencename": "invoice_numbers"},
+    ("PostgresReplicationSlotInactive", "warning"): {"job": "postgres"},
+}
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(what: str, check: Any, deadline: float) -> Any:
+    """Call ``check`` until it returns something true; fail at ``deadline`` (monotonic)."""
+    last: Any = None
+    while True:
+        with contextlib.suppress(OSError, ValueError, psycopg.Error):
+            last = check()
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last answer: {last!r}")
+        time.sleep(0.25)
+
+
+def http_json(url: str) -> Any:
+    """GET a URL and decode its JSON."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a process this test started, by its PID; kill it if it lingers."""
+    if process.poll() is None:
+        os.kill(process.pid, sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+
+
+@dataclass
+class Stack:
+    """The running stack and how to reach it."""
+
+    prometheus_url: str
+    exporter_url: str
+    started: float
+    logs: list[Path] = field(default_factory=list)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Run an instant query; return its result vector (or matrix/scalar as a list)."""
+        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        answer = http_json(url)
+        assert answer["status"] == "success", answer
+        result = answer["data"]["result"]
+        if answer["data"]["resultType"] in ("scalar", "string"):
+            return [{"value": result}]
+        assert isinstance(result, list)
+        return result
+
+    def deadline(self) -> float:
+        """Return the monotonic time by which everything must have happened."""
+        return self.started + BUDGET_SECONDS
+
+    def log_tails(self) -> str:
+        """Return the end of each log, for a failure message."""
+        parts = []
+        for log in self.logs:
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)
+
+
+def _nobody() -> tuple[int, int] | None:
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+def start_pgbouncer(workdir: Path, pg_port: int, port: int) -> subprocess.Popen[bytes]:
+    """Start PgBouncer (as nobody when root) in front of the primary; pool helpdesk holds 1."""
+    workdir.mkdir(mode=0o755)
+    run = workdir / "run"
+    run.mkdir(mode=0o755)
+    (workdir / "userlist.txt").write_text(f'"postgres" ""\n"{MONITOR}" ""\n')
+    (workdir / "pgbouncer.ini").write_text(
+        f"""
+[databases]
+{DATABASE} = host=127.0.0.1 port={pg_port} dbname={DATABASE} pool_size=1
+postgres = host=127.0.0.1 port={pg_port} dbname=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {workdir}/userlist.txt
+stats_users = {MONITOR}
+pool_mode = transaction
+default_pool_size = 5
+max_client_conn = 50
+logfile = {run}/pgbouncer.log
+pidfile = {run}/pgbouncer.pid
+ignore_startup_parameters = extra_float_digits
+"""
+    )
+    user = _nobody()
+    for path in (workdir, workdir / "userlist.txt", workdir / "pgbouncer.ini"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    if user is not None:
+        os.chown(run, *user)
+    with (run / "stderr.log").open("wb") as stderr:
+        process = subprocess.Popen(
+            [PGBOUNCER, str(workdir / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            user=user[0] if user else None,
+            group=user[1] if user else None,
+            extra_groups=[] if user else None,
+            cwd=workdir,
+        )
+    return process
+
+
+def prometheus_config(exporter: str, unreachable: str, rules: list[Path]) -> dict[str, Any]:
+    """Return dashboards/prometheus.yml pointed at this test's exporter, scraping every second."""
+    config: dict[str, Any] = yaml.safe_load((DASHBOARDS / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(path) for path in rules]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["postgres"]["static_configs"] = [{"targets": [exporter]}]
+    probe = jobs["postgres-probe"]
+    probe["static_configs"] = [{"targets": ["standby", "pgbouncer", "gone"]}]
+    for relabel in probe["relabel_configs"]:
+        if relabel["target_label"] == "__address__":
+            relabel["replacement"] = exporter
+    # An exporter that is not running: PostgresExporterDown.
+    config["scrape_configs"].append(
+        {"job_name": "postgres-unreachable", "static_configs": [{"targets": [unreachable]}]}
+    )
+    return config
+
+
+def fast_rules(directory: Path) -> list[Path]:
+    """Copy the rule files with every `for` shortened to 1 s; return their paths."""
+    paths = []
+    for name in RULE_FILES:
+        data = yaml.safe_load((DASHBOARDS / name).read_text())
+        for group in data["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = "1s"
+        path = directory / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+def bouncer_session(dsn: str, name: str, statement: str, errors: list[BaseException]) -> None:
+    """Run one statement through PgBouncer in a thread; a terminated session is expected."""
+
+    def run() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True, application_name=name) as conn:
+                conn.execute(statement)
+        except psycopg.OperationalError:
+            pass  # ended by the teardown
+        except BaseException as exc:
+            errors.append(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Start the whole stack; stop every process it started, by PID, afterwards."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    processes: list[subprocess.Popen[bytes]] = []
+    fill: list[psycopg.Connection[tuple[Any, ...]]] = []
+    thread_errors: list[BaseException] = []
+    primary = LocalPostgres(
+        settings={
+            "max_connections": str(MAX_CONNECTIONS),
+            "autovacuum_naptime": "1s",
+            "track_io_timing": "on",
+        }
+    )
+    scenario: Scenario | None = None
+    # Outside pytest's 0700 temporary directories: PgBouncer runs as nobody.
+    pgbouncer_dir = Path(tempfile.mkdtemp(prefix="pghe-e2e-pgbouncer-"))
+    os.chmod(pgbouncer_dir, 0o755)
+    try:
+        primary.start()
+        with connect(primary.dsn()) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute(f"CREATE ROLE {MONITOR} LOGIN IN ROLE pg_monitor")
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+        standby = primary.make_standby()
+        scenario = Scenario(primary.dsn, DATABASE, MONITOR, slow_statements=True)
+        scenario.start()
+
+        bouncer_port = free_port()
+        processes.append(start_pgbouncer(pgbouncer_dir / "pgbouncer", primary.port, bouncer_port))
+        bouncer = f"host=127.0.0.1 port={bouncer_port} dbname={DATABASE} user=postgres"
+
+        def bouncer_answers() -> bool:
+            with psycopg.connect(bouncer, autocommit=True):
+                return True
+
+        wait_for("PgBouncer to accept connections", bouncer_answers, time.monotonic() + 15)
+        # Pool size 1: the first session holds the server connection, the second waits.
+        bouncer_session(bouncer, "pghe-bouncer-holder", HELD_BY_PGBOUNCER, thread_errors)
+
+        def pool_held() -> bool:
+            with connect(primary.dsn()) as conn:
+                return bool(
+                    conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = %s"
+                        " AND state = 'active'",
+                        (HELD_BY_PGBOUNCER,),
+                    ).fetchone()
+                    == (1,)
+                )
+
+        wait_for("PgBouncer's server connection to be held", pool_held, time.monotonic() + 15)
+        bouncer_session(bouncer, "pghe-bouncer-waiter", "SELECT 1", thread_errors)
+
+        collectors = tmp / "collectors"
+        collectors.mkdir()
+        (collectors / "failing.toml").write_text(FAILING_COLLECTOR)
+        exporter_port = free_port()
+        monitor = f"host=127.0.0.1 dbname=postgres user={MONITOR}"
+        config = tmp / "exporter.toml"
+        config.write_text(
+            f"""
+data_source_name = "{monitor} port={primary.port}"
+listen_address = "127.0.0.1:{exporter_port}"
+collector_dirs = ["{collectors}"]
+scrape_timeout_margin_seconds = 0.1
+
+[targets.standby]
+dsn = "{monitor} port={standby.port}"
+
+[targets.pgbouncer]
+type = "pgbouncer"
+dsn = "host=127.0.0.1 port={bouncer_port} dbname=pgbouncer user={MONITOR}"
+
+[targets.gone]
+dsn = "{monitor} port={free_port()} connect_timeout=1"
+"""
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PG", "DATA_SOURCE_NAME")) or k == "PG_BIN"
+        }
+        env["PG_EXPORTER_LONG_QUERY_THRESHOLD_SECONDS"] = "2"
+        exporter_log = tmp / "exporter.log"
+        with exporter_log.open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "exporter", "--config", str(config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
+        exporter_url = f"http://127.0.0.1:{exporter_port}"
+        wait_for(
+            "the exporter to serve",
+            lambda: urllib.request.urlopen(f"{exporter_url}/healthz", timeout=2).status == 200,
+            time.monotonic() + 30,
+        )
+
+        rules = tmp / "rules"
+        rules.mkdir()
+        prometheus_port = free_port()
+        prometheus_yml = tmp / "prometheus.yml"
+        prometheus_yml.write_text(
+            yaml.safe_dump(
+                prometheus_config(
+                    f"127.0.0.1:{exporter_port}", f"127.0.0.1:{free_port()}", fast_rules(rules)
+                )
+            )
+        )
+        prometheus_log = tmp / "prometheus.log"
+        with prometheus_log.open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(PROMETHEUS),
+                        f"--config.file={prometheus_yml}",
+                        f"--storage.tsdb.path={tmp / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                        "--log.level=warn",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        result = Stack(
+            f"http://127.0.0.1:{prometheus_port}",
+            exporter_url,
+            time.monotonic(),
+            [exporter_log, prometheus_log, pgbouncer_dir / "pgbouncer" / "run" / "pgbouncer.log"],
+        )
+
+        def targets_up() -> bool:
+            targets = http_json(f"{result.prometheus_url}/api/v1/targets")["data"]["activeTargets"]
+            health = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in targets}
+            wanted = {
+                ("postgres", f"127.0.0.1:{exporter_port}"),
+                ("postgres-probe", "standby"),
+                ("postgres-probe", "pgbouncer"),
+                ("postgres-probe", "gone"),
+            }
+            return all(health.get(key) == "up" for key in wanted)
+
+        wait_for("Prometheus to scrape every exporter target", targets_up, result.deadline())
+
+        # Fill max_connections to 92 %: the exporter already holds its connections.
+        with connect(primary.dsn()) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).fetchone()
+        assert row is not None
+        for _ in range(math.ceil(0.92 * MAX_CONNECTIONS) - (int(row[0]) - 1)):
+            fill.append(psycopg.connect(primary.dsn(), application_name="pghe-e2e-fill"))
+        yield result
+        assert not thread_errors, thread_errors
+    finally:
+        for conn in fill:
+            conn.close()
+        with contextlib.suppress(Exception), connect(primary.dsn()) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'pghe-bouncer-%%' OR query = %s",
+                (HELD_BY_PGBOUNCER,),
+            )
+        try:
+            if scenario is not None:
+                scenario.stop()
+        finally:
+            for process in reversed(processes):
+                stop_process(process)
+            primary.cleanup()  # and its standby
+            shutil.rmtree(pgbouncer_dir, ignore_errors=True)
+
+
+def test_the_probe_relabeling_of_the_example_config_names_each_target(stack: Stack) -> None:
+    instances = {
+        sample["metric"]["instance"]: sample["value"][1]
+        for sample in stack.query('pg_up{job="postgres-probe"}')
+    }
+    assert instances == {"standby": "1", "pgbouncer": "1", "gone": "0"}
+
+
+def test_the_alerts_the_scenario_calls_for_fire(stack: Stack) -> None:
+    def firing() -> dict[tuple[str, str], list[dict[str, str]]]:
+        found: dict[tuple[str, str], list[dict[str, str]]] = {}
+        for alert in http_json(f"{stack.prometheus_url}/api/v1/alerts")["data"]["alerts"]:
+            if alert["state"] == "firing":
+                key = (alert["labels"]["alertname"], alert["labels"]["severity"])
+                found.setdefault(key, []).append(alert["labels"])
+        return found
+
+    def all_expected() -> bool:
+        now = firing()
+        return all(
+            any(labels.items() <= found.items() for found in now.get(key, []))
+            for key, labels in EXPECTED_ALERTS.items()
+        )
+
+    try:
+        wait_for("the expected alerts to fire", all_expected, stack.deadline())
+    except AssertionError:
+        now = firing()
+        missing = {
+            key: labels
+            for key, labels in EXPECTED_ALERTS.items()
+            if not any(labels.items() <= found.items() for found in now.get(key, []))
+        }
+        raise AssertionError(
+            f"not firing: {missing}\nfiring: {sorted(now)}\n{stack.log_tails()}"
+        ) from None
+    # The annotations rendered, with the values of the real series.
+    alerts = http_json(f"{stack.prometheus_url}/api/v1/alerts")["data"]["alerts"]
+    dead = next(a for a in alerts if a["labels"]["alertname"] == "PostgresTableDeadTuples")
+    assert dead["annotations"]["summary"] == (
+        f"Table public.ticket_events in {DATABASE} has 20k dead tuples"
+    )
+
+
+def test_every_dashboard_query_returns_data(stack: Stack) -> None:
+    queries = [(str(q), substitute(q.expr)) for q in panel_queries() + variable_queries()]
+    empty = dict(queries)
+    while empty and time.monotonic() < stack.deadline():
+        for where, expr in list(empty.items()):
+            if stack.query(expr):
+                del empty[where]
+        if empty:
+            time.sleep(1)
+    assert not empty, "no data:\n" + "\n".join(f"  {w}: {e}" for w, e in empty.items())
+
+
+def test_every_metric_named_was_scraped(stack: Stack) -> None:
+    """No allow-list here: the standby, PgBouncer and autovacuum metrics are all in the scrape."""
+    url = f"{stack.prometheus_url}/api/v1/label/__name__/values"
+
+    named = set(named_metrics())
+    missing = named
+    while missing and time.monotonic() < stack.deadline():
+        missing = named - set(http_json(url)["data"])
+        if missing:
+            time.sleep(1)
+    assert not missing, f"never scraped: {sorted(missing)}\n{stack.log_tails()}"
