@@ -100,7 +100,7 @@ class CollectorSpec(_Strict):
     enabled: bool = True
     ttl: float = Field(default=0, ge=0)
     timeout: float | None = Field(default=None, gt=0)
-    max_series: int = Field(default=100_000, ge=1)
+    max_series: int = Field(default=1_000_000, ge=1)
     requires_extension: str | None = None
     recovery: Literal["any", "primary", "standby"] = "any"
     predicate: str | None = None

@@ -8,6 +8,7 @@ Concurrent scrapes share the collection in flight instead of opening more connec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -125,6 +126,7 @@ class Target:
         self._logged: set[tuple[str, str]] = set()
         self._was_up: bool | None = None
         self.last_runs: list[CollectorRun] = []
+        self._last_seconds: dict[tuple[str, str], float] = {}
 
     def _make_pool(self, conninfo: str, *, min_size: int, max_size: int) -> AsyncConnectionPool:
         return AsyncConnectionPool(
@@ -164,7 +166,13 @@ class Target:
         """Collect, or join the collection already in flight for this target."""
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.create_task(self._collect(timeout))
-        return await asyncio.shield(self._inflight)
+        task = self._inflight
+        try:
+            return await asyncio.shield(task)
+        finally:
+            # A finished task would keep the whole snapshot alive until the next scrape.
+            if task.done() and self._inflight is task:
+                self._inflight = None
 
     async def _collect(self, timeout: float) -> Snapshot:
         started = time.monotonic()
@@ -218,14 +226,16 @@ class Target:
             ]
             for name, queries in work.items()
         }
-        tasks = [
-            asyncio.create_task(
-                self._run_database(
-                    name, work[name], pending_runs[name], deadline, main=name == server.database
+        tasks = []
+        for name in work:
+            main = name == server.database
+            lanes = self.settings.pool_size if main else 1
+            for lane_queries, lane_runs in self._split_lanes(work[name], pending_runs[name], lanes):
+                tasks.append(
+                    asyncio.create_task(
+                        self._run_database(name, lane_queries, lane_runs, deadline, main=main)
+                    )
                 )
-            )
-            for name in work
-        ]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
             for task in late:
@@ -247,6 +257,27 @@ class Target:
             self._cache = {
                 key: entry for key, entry in self._cache.items() if key[1] in keep or not key[1]
             }
+
+    def _split_lanes(
+        self, queries: list[PlannedQuery], runs: list[CollectorRun], lanes: int
+    ) -> list[tuple[list[PlannedQuery], list[CollectorRun]]]:
+        """Share one database's collectors among `lanes` connections, longest first."""
+        if lanes < 2 or len(queries) < 2:
+            return [(queries, runs)]
+        pairs = sorted(
+            zip(queries, runs, strict=True),
+            key=lambda pair: -self._last_seconds.get((pair[1].collector, pair[1].datname), 0.0),
+        )
+        loads = [0.0] * lanes
+        split: list[tuple[list[PlannedQuery], list[CollectorRun]]] = [
+            ([], []) for _ in range(lanes)
+        ]
+        for query, run in pairs:
+            lane = loads.index(min(loads))
+            loads[lane] += self._last_seconds.get((run.collector, run.datname), 0.0) + 0.001
+            split[lane][0].append(query)
+            split[lane][1].append(run)
+        return [lane for lane in split if lane[0]]
 
     def _databases_to_scrape(self, server: ServerInfo) -> list[str]:
         # The DSN's own database first, so it is never the one cut by max_databases.
@@ -358,6 +389,13 @@ class Target:
             async with conn.cursor() as cursor:
                 await cursor.execute(query.sql)
                 return cursor.description, await cursor.fetchall()
+        if spec.timeout is None and not spec.predicate:
+            # One round trip: the session's statement_timeout and read-only setting hold, and
+            # the scrape deadline cancels the task (psycopg then cancels the query server-side).
+            async with conn.cursor() as cursor:
+                params = self.settings.sql_parameters() if "%(" in query.sql else None
+                await cursor.execute(query.sql, params)
+                return cursor.description, await cursor.fetchall()
         async with conn.transaction(), conn.cursor() as cursor:
             # A bound parameter keeps this one entry in pg_stat_statements, whatever the value.
             await cursor.execute(
@@ -420,6 +458,8 @@ class Target:
         self, started: float, *, up: bool, runs: list[CollectorRun], server: ServerInfo | None
     ) -> Snapshot:
         for run in runs:
+            if run.output is not None and not run.cached:
+                self._last_seconds[(run.collector, run.datname)] = run.duration
             if run.error:
                 self._counters.errors[run.collector] = (
                     self._counters.errors.get(run.collector, 0) + 1
@@ -434,7 +474,13 @@ class Target:
                     if count:
                         key = (run.collector, reason)
                         self._counters.dropped[key] = self._counters.dropped.get(key, 0) + count
-        self.last_runs = runs
+        # The landing page needs each run's state, not its samples.
+        self.last_runs = [
+            dataclasses.replace(run, output=CollectorOutput([], run.output.series))
+            if run.output is not None
+            else run
+            for run in runs
+        ]
         duration = time.monotonic() - started
         families = merge_families(run.output.families for run in runs if run.output is not None)
         families.extend(

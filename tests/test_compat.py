@@ -58,7 +58,10 @@ async def test_the_example_queries_answer_with_their_own_names(pg: Server, datab
         conn.execute("DELETE FROM legacy_t WHERE id <= 120")
         flush_stats(conn)
     catalog = load_catalog(query_files=[QUERIES], disabled=["statements"])
-    result = await scrape_async(pg.monitor(), catalog=catalog, disabled_collectors=["statements"])
+    with connect(pg.admin()):  # an idle session, for pg_process_idle's histogram
+        result = await scrape_async(
+            pg.monitor(), catalog=catalog, disabled_collectors=["statements"]
+        )
     errors = result.collector_errors()
     if pg.version_num >= 170000:
         # The example file predates PostgreSQL 17's rename of blk_read_time: it fails there

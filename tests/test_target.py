@@ -45,5 +45,6 @@ async def test_ttl_cache_serves_repeated_scrapes(pg: Server) -> None:
     finally:
         await target.close()
     assert not first["table_sizes"].cached and second["table_sizes"].cached  # ttl 60
-    assert second["table_sizes"].output is first["table_sizes"].output
+    assert second["table_sizes"].output is not None and first["table_sizes"].output is not None
+    assert second["table_sizes"].output.series == first["table_sizes"].output.series
     assert not second["table_stats"].cached  # no ttl: asked again
