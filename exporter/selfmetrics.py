@@ -76,6 +76,13 @@ DATABASES = SelfMetric(
     (),
     "Databases whose database-scoped collectors ran on this scrape.",
 )
+INCOMPLETE = SelfMetric(
+    "pg_exporter_scrape_incomplete",
+    "gauge",
+    (),
+    "1 when this answer had to go before the collection it joined finished (that collection"
+    " had a longer budget): only pg_up, from that collection's round trip, on this scrape.",
+)
 SELF_METRICS = (
     UP,
     SCRAPE_DURATION,
@@ -87,7 +94,22 @@ SELF_METRICS = (
     ERRORS,
     DROPPED,
     DATABASES,
+    INCOMPLETE,
 )
+
+
+def incomplete_families(up: bool | None) -> list[Family]:
+    """Return the page of a scrape whose budget ended before the shared collection did.
+
+    `up` is what that collection's round trip found, if it has made it yet.
+    """
+    family = INCOMPLETE.family()
+    family.lines.append(f"{family.name} 1\n")
+    if up is None:
+        return [family]
+    pg_up = UP.family()
+    pg_up.lines.append(f"pg_up {int(up)}\n")
+    return [pg_up, family]
 
 
 def _labels(**labels: str) -> str:

@@ -23,7 +23,7 @@ from exporter.exposition import (
 )
 from exporter.fleet import Fleet
 from exporter.settings import Settings
-from exporter.target import CollectorRun, Target
+from exporter.target import CollectorRun, Snapshot, Target
 from exporter.webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -50,19 +50,47 @@ def scrape_timeout(request: web.Request, settings: Settings) -> float:
 
 async def _respond(request: web.Request, target: Target | None) -> web.Response:
     settings = request.app[SETTINGS]
-    families = []
-    if target is not None:
-        families = (await target.scrape(scrape_timeout(request, settings))).families
     openmetrics = wants_openmetrics(request.headers.get("Accept"))
-    body = encode(families, openmetrics=openmetrics, registry=request.app[PROCESS_REGISTRY])
+    body = encode([], openmetrics=openmetrics, registry=request.app[PROCESS_REGISTRY])
+    gzipped = False
+    if target is not None:
+        snapshot = await target.scrape(scrape_timeout(request, settings))
+        gzipped = wants_gzip(request.headers.get("Accept-Encoding"))
+        body = await _page(request, snapshot, openmetrics=openmetrics, gzipped=gzipped)
+    elif len(body) >= GZIP_MIN_BYTES and wants_gzip(request.headers.get("Accept-Encoding")):
+        body, gzipped = compress(body, settings.gzip_level), True
     response = web.Response(body=body)
     response.headers["Content-Type"] = (
         OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
     )
-    if len(body) >= GZIP_MIN_BYTES and wants_gzip(request.headers.get("Accept-Encoding")):
-        response.body = await asyncio.to_thread(compress, body, settings.gzip_level)
+    if gzipped:
         response.headers["Content-Encoding"] = "gzip"
     return response
+
+
+async def _page(
+    request: web.Request, snapshot: Snapshot, *, openmetrics: bool, gzipped: bool
+) -> bytes:
+    """Encode (and gzip) a snapshot once for every scrape that shares it."""
+    key = (openmetrics, gzipped)
+    page = snapshot.encoded.get(key)
+    if page is None:
+        page = asyncio.get_running_loop().create_future()
+        snapshot.encoded[key] = page
+        try:
+            body = encode(
+                snapshot.families,
+                openmetrics=openmetrics,
+                registry=request.app[PROCESS_REGISTRY],
+            )
+            if gzipped:
+                body = await asyncio.to_thread(compress, body, request.app[SETTINGS].gzip_level)
+            page.set_result(body)
+        except BaseException as exc:
+            del snapshot.encoded[key]
+            page.set_exception(exc)
+            raise
+    return await asyncio.shield(page)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -95,6 +123,8 @@ async def readyz(request: web.Request) -> web.Response:
     snapshot = await target.scrape(scrape_timeout(request, request.app[SETTINGS]))
     if snapshot.up:
         return web.Response(text="ready\n")
+    if snapshot.up is None:
+        return web.Response(status=503, text="collection still in progress\n")
     return web.Response(status=503, text="database unreachable\n")
 
 

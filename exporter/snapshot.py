@@ -97,7 +97,8 @@ def label_text(value: Any) -> str:
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, bytes | memoryview):
-        return bytes(value).decode("utf-8", "replace")
+        # Names in a SQL_ASCII database may be any bytes: keep distinct names distinct.
+        return bytes(value).decode("utf-8", "backslashreplace")
     return str(value)
 
 
@@ -215,7 +216,9 @@ class RowRenderer:
         limit = self.spec.max_series
         series = duplicates = over_limit = 0
         for row in rows:
-            key = tuple([row[i] for i in label_indexes])
+            # Duplicates are judged as Prometheus sees them: on the rendered label values
+            # (NULL and '' are one series).
+            key = tuple([label_text(row[i]) for i in label_indexes])
             if key in seen:
                 duplicates += len(metrics)
                 continue
@@ -223,8 +226,9 @@ class RowRenderer:
             block = _label_block(label_names, key, self.fixed_labels)
             for metric in metrics:
                 if metric.parts is not None:
-                    if series >= limit:
-                        over_limit += 1
+                    size = len(row[metric.index] or ()) + 3  # buckets, +Inf, _sum, _count
+                    if series + size > limit:
+                        over_limit += size
                         continue
                     series += _bucketed_lines(metric, row, block)
                     continue
@@ -249,7 +253,8 @@ class RowRenderer:
         # Each row is one observation; rows with the same labels make one histogram.
         groups: dict[tuple[Any, ...], list[Sequence[Any]]] = {}
         for row in rows:
-            groups.setdefault(tuple([row[i] for i in self.label_indexes]), []).append(row)
+            key = tuple([label_text(row[i]) for i in self.label_indexes])
+            groups.setdefault(key, []).append(row)
         series = over_limit = 0
         for metric in self.metrics:
             buckets = metric.buckets
@@ -269,7 +274,7 @@ class RowRenderer:
                     metric.family.lines.append(f"{name}_bucket{block} {count}\n")
                 block = _label_block(self.label_names, key, fixed, 'le="+Inf"')
                 metric.family.lines.append(f"{name}_bucket{block} {len(observed)}\n")
-                block = _label_block(self.label_names, key)
+                block = _label_block(self.label_names, key, fixed)
                 metric.family.lines.append(
                     f"{name}_sum{block} {format_float(float(sum(observed)))}\n"
                 )

@@ -26,7 +26,7 @@ from exporter.dsn import redact_dsn, scrub, secrets_of
 from exporter.errors import CollectorFailed
 from exporter.exposition import merge_families
 from exporter.plan import PlannedQuery, ServerInfo, plan_queries, select_databases
-from exporter.selfmetrics import self_families
+from exporter.selfmetrics import incomplete_families, self_families
 from exporter.settings import Settings
 from exporter.snapshot import CollectorOutput, Family, RowRenderer, format_float
 
@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 
 TargetKind = Literal["postgres", "pgbouncer"]
 
+# Names travel as raw bytes (textsend): a database name that is not valid UTF-8, or a
+# SQL_ASCII database, must not turn the probe into a decoding error.
 PROBE_SQL = """\
 SELECT current_setting('server_version_num')::int,
        pg_is_in_recovery(),
-       current_database(),
-       ARRAY(SELECT datname FROM pg_database
+       textsend(current_database()::text),
+       ARRAY(SELECT textsend(datname::text) FROM pg_database
              WHERE datallowconn AND NOT datistemplate
                AND has_database_privilege(datname, 'CONNECT')
              ORDER BY datname)"""
@@ -62,11 +64,23 @@ class CollectorRun:
 
 @dataclass
 class Snapshot:
-    """A finished scrape: every family to encode, nothing left to query."""
+    """A finished scrape: every family to encode, nothing left to query.
+
+    `up` is None when the answer had to go before the collection it joined had even made
+    its round trip.
+    Concurrent scrapes share one snapshot, and so its encoded pages (by format and gzip).
+    """
 
     families: list[Family]
-    up: bool
+    up: bool | None
     duration: float
+    encoded: dict[tuple[bool, bool], asyncio.Future[bytes]] = field(default_factory=dict)
+
+
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    # Late work that was given up on: its result or error is of no use to anyone.
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
@@ -123,6 +137,8 @@ class Target:
         # Every collector's error counter exists from the start, so increase() sees the first.
         self._counters = _Counters(errors={spec.name: 0 for spec in self.collectors})
         self._inflight: asyncio.Task[Snapshot] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._inflight_up: bool | None = None
         self._logged: set[tuple[str, str]] = set()
         self._was_up: bool | None = None
         self.last_runs: list[CollectorRun] = []
@@ -152,9 +168,11 @@ class Target:
         await self._pool.open(wait=False)
 
     async def close(self) -> None:
-        """Close every pool."""
+        """Close every pool; give late background work a moment to end."""
         if self._inflight is not None:
             self._inflight.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=2.0)
         pools = [self._pool, *self._database_pools.values()]
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
 
@@ -163,12 +181,17 @@ class Target:
         return self.settings.pool_size + self.settings.max_databases
 
     async def scrape(self, timeout: float) -> Snapshot:
-        """Collect, or join the collection already in flight for this target."""
+        """Collect, or join the collection in flight; never wait past this scrape's budget."""
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.create_task(self._collect(timeout))
         task = self._inflight
         try:
-            return await asyncio.shield(task)
+            # asyncio.wait never cancels the shared task: other scrapes may be waiting on it.
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if task in done:
+                return task.result()
+            up = self._inflight_up
+            return Snapshot(families=incomplete_families(up), up=up, duration=timeout)
         finally:
             # A finished task would keep the whole snapshot alive until the next scrape.
             if task.done() and self._inflight is task:
@@ -176,20 +199,94 @@ class Target:
 
     async def _collect(self, timeout: float) -> Snapshot:
         started = time.monotonic()
-        deadline = started + timeout
+        # Keep back a moment to build the snapshot, so the page is ready within the budget.
+        deadline = started + timeout - min(0.25, timeout * 0.1)
         self._counters.scrapes += 1
-        try:
-            async with asyncio.timeout(timeout):
-                server = await self._probe()
-        except (TimeoutError, psycopg.Error, PoolTimeout) as exc:
+        self._inflight_up = None
+        server, failure = await self._reach(deadline)
+        self._inflight_up = server is not None
+        if server is None:
             if self._was_up is not False:
-                reason = await self._why_down(exc, deadline)
-                log.warning("target %s (%s) is down: %s", self.name, self.public_dsn, reason)
+                log.warning("target %s (%s) is down: %s", self.name, self.public_dsn, failure)
             self._was_up = False
             return self._finish(started, up=False, runs=[], server=None)
-        self._note_up()
+        if self._was_up is False:
+            log.warning("target %s (%s) is up again", self.name, self.public_dsn)
+        self._was_up = True
         runs = await self._run_all(server, deadline)
         return self._finish(started, up=True, runs=runs, server=server)
+
+    async def _reach(self, deadline: float) -> tuple[ServerInfo | None, str]:
+        """Make the scrape's round trip; return the server's facts, or why there are none."""
+        if self._was_up is not True:
+            # At start and after an outage, ask the server directly: a refused connection
+            # answers in milliseconds, and pools that backed off while it was down are
+            # replaced by fresh ones, so the first scrape after a restart tells the truth.
+            failure = await self._connect_once(deadline)
+            if failure is not None:
+                return None, failure
+            if self._was_up is False:
+                await self._reset_pools()
+        for attempt in range(2):
+            probe = asyncio.create_task(self._probe())
+            done, _ = await asyncio.wait({probe}, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                self._abandon(probe)
+                return None, "no answer within the scrape deadline"
+            error = probe.exception()
+            if error is None:
+                return probe.result(), ""
+            if not isinstance(error, psycopg.Error | PoolTimeout):
+                raise error
+            if not isinstance(error, PoolTimeout) or attempt:
+                return None, self._describe(error)
+            # The pool got no connection in time: one direct attempt tells whether the server
+            # is down (and why) or only the pool is still backing off from a restart.
+            failure = await self._connect_once(deadline)
+            if failure is not None:
+                return None, failure
+            await self._reset_pools()
+        raise AssertionError("unreachable")
+
+    async def _connect_once(self, deadline: float) -> str | None:
+        """Open and close one connection within the budget; return None, or why it failed."""
+        budget = min(deadline - time.monotonic(), self.settings.connect_timeout_seconds)
+        if budget <= 0:
+            return "no answer within the scrape deadline"
+        kwargs = {**self._connect_kwargs, "connect_timeout": max(1, int(budget))}
+        attempt = asyncio.create_task(psycopg.AsyncConnection.connect(self._dsn, **kwargs))
+        done, _ = await asyncio.wait({attempt}, timeout=budget)
+        if not done:
+            self._abandon(attempt)
+            return "no answer within the connect timeout"
+        error = attempt.exception()
+        if error is not None:
+            if isinstance(error, psycopg.Error):
+                return self._describe(error)
+            raise error
+        await attempt.result().close()
+        return None
+
+    async def _reset_pools(self) -> None:
+        """Replace every pool by a fresh one (their reconnect backoff outlives an outage)."""
+        old = [self._pool, *self._database_pools.values()]
+        self._database_pools = {}
+        self._pool = self._make_pool(self._dsn, min_size=1, max_size=self.settings.pool_size)
+        await self._pool.open(wait=False)
+        for pool in old:
+            self._abandon(asyncio.create_task(pool.close(timeout=1.0)), cancel=False)
+
+    def _abandon(self, task: asyncio.Task[Any], *, cancel: bool = True) -> None:
+        """Let late work end in the background instead of holding the answer back.
+
+        Cancelling a query makes psycopg ask the server to cancel it and wait for that (up
+        to 10 s on a frozen server); the scrape must not wait for it.
+        """
+        if cancel:
+            task.cancel()
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_consume_outcome)
 
     async def _probe(self) -> ServerInfo:
         if self.pgbouncer:
@@ -199,7 +296,18 @@ class Target:
             row = await cursor.fetchone()
         assert row is not None
         version_num, in_recovery, database, databases = row
-        return ServerInfo(int(version_num), bool(in_recovery), str(database), tuple(databases))
+        names = []
+        for raw in databases:
+            try:
+                names.append(bytes(raw).decode("utf-8"))
+            except UnicodeDecodeError:
+                # libpq takes the name as text: such a database cannot be connected to here.
+                self._log_once_text(
+                    "databases",
+                    f"skipping a database named {bytes(raw)!r}: its name is not valid UTF-8",
+                )
+        current = bytes(database).decode("utf-8", "backslashreplace")
+        return ServerInfo(int(version_num), bool(in_recovery), current, tuple(names))
 
     async def _probe_pgbouncer(self) -> ServerInfo:
         async with self._pool.connection() as conn:
@@ -239,8 +347,7 @@ class Target:
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
             for task in late:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                self._abandon(task)
         for database_runs in pending_runs.values():
             for run in database_runs:
                 if run.output is None and run.error is None and run.skipped is None:
@@ -373,6 +480,13 @@ class Target:
             run.error = self._describe(exc)
             if conn.closed or conn.broken:
                 raise
+        except Exception as exc:
+            # One collector's surprise (a value psycopg cannot decode, say) must not sink the
+            # others or the page: it is that collector's error, logged once with its trace.
+            run.error = f"internal error: {type(exc).__name__}: {self._describe(exc)}"
+            if (run.collector, "internal") not in self._logged:
+                self._logged.add((run.collector, "internal"))
+                log.exception("collector %s failed unexpectedly", run.collector)
         finally:
             run.duration = time.monotonic() - started
         # A predicate that said no is as stable as the answer: both keep for the ttl.
@@ -415,32 +529,10 @@ class Target:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return scrub(text, self._secrets)
 
-    async def _why_down(self, exc: BaseException, deadline: float) -> str:
-        """Return the server's own reason for a failed probe, once per outage, for the log.
-
-        The pool only says it got no connection in time; one direct attempt says why
-        (refused, no such database, authentication failed).
-        """
-        if not isinstance(exc, PoolTimeout | TimeoutError):
-            return self._describe(exc)
-        budget = deadline - time.monotonic()
-        if budget < 0.5:
-            return "no answer within the scrape deadline"
-        kwargs = {**self._connect_kwargs, "connect_timeout": max(1, int(budget))}
-        try:
-            async with asyncio.timeout(budget):
-                conn = await psycopg.AsyncConnection.connect(self._dsn, **kwargs)
-            await conn.close()
-        except TimeoutError:
-            return "no answer within the scrape deadline"
-        except psycopg.Error as direct:
-            return self._describe(direct)
-        return self._describe(exc)
-
-    def _note_up(self) -> None:
-        if self._was_up is False:
-            log.warning("target %s (%s) is up again", self.name, self.public_dsn)
-        self._was_up = True
+    def _log_once_text(self, key: str, message: str) -> None:
+        if (key, message) not in self._logged:
+            self._logged.add((key, message))
+            log.warning("target %s: %s", self.name, message)
 
     def _log_once(self, run: CollectorRun) -> None:
         message = run.error or run.skipped or ""

@@ -24,7 +24,7 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_every_copied_path_exists() -> None:
-    sources = []
+    sources: list[str] = []
     for line in DOCKERFILE.read_text().splitlines():
         match = re.match(r"COPY\s+(?!--from)(.+)\s+\S+$", line.strip())
         if match:
