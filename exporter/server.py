@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import logging
 from collections.abc import AsyncIterator
@@ -16,8 +17,8 @@ from exporter import __version__
 from exporter.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
-    compress,
     encode,
+    encode_gzip,
     wants_gzip,
     wants_openmetrics,
 )
@@ -31,9 +32,6 @@ log = logging.getLogger(__name__)
 FLEET = web.AppKey("fleet", Fleet)
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_REGISTRY = web.AppKey("process_registry", CollectorRegistry)
-
-# Compressing a small page costs more than it saves.
-GZIP_MIN_BYTES = 1024
 
 
 def scrape_timeout(request: web.Request, settings: Settings) -> float:
@@ -51,14 +49,12 @@ def scrape_timeout(request: web.Request, settings: Settings) -> float:
 async def _respond(request: web.Request, target: Target | None) -> web.Response:
     settings = request.app[SETTINGS]
     openmetrics = wants_openmetrics(request.headers.get("Accept"))
-    body = encode([], openmetrics=openmetrics, registry=request.app[PROCESS_REGISTRY])
-    gzipped = False
-    if target is not None:
+    gzipped = wants_gzip(request.headers.get("Accept-Encoding"))
+    if target is None:
+        snapshot = Snapshot(families=[], up=None, duration=0.0)
+    else:
         snapshot = await target.scrape(scrape_timeout(request, settings))
-        gzipped = wants_gzip(request.headers.get("Accept-Encoding"))
-        body = await _page(request, snapshot, openmetrics=openmetrics, gzipped=gzipped)
-    elif len(body) >= GZIP_MIN_BYTES and wants_gzip(request.headers.get("Accept-Encoding")):
-        body, gzipped = compress(body, settings.gzip_level), True
+    body = await _page(request, snapshot, openmetrics=openmetrics, gzipped=gzipped)
     response = web.Response(body=body)
     response.headers["Content-Type"] = (
         OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
@@ -77,14 +73,20 @@ async def _page(
     if page is None:
         page = asyncio.get_running_loop().create_future()
         snapshot.encoded[key] = page
+        registry = request.app[PROCESS_REGISTRY]
         try:
-            body = encode(
-                snapshot.families,
-                openmetrics=openmetrics,
-                registry=request.app[PROCESS_REGISTRY],
-            )
             if gzipped:
-                body = await asyncio.to_thread(compress, body, request.app[SETTINGS].gzip_level)
+                body = await asyncio.to_thread(
+                    functools.partial(
+                        encode_gzip,
+                        snapshot.families,
+                        openmetrics=openmetrics,
+                        registry=registry,
+                        level=request.app[SETTINGS].gzip_level,
+                    )
+                )
+            else:
+                body = encode(snapshot.families, openmetrics=openmetrics, registry=registry)
             page.set_result(body)
         except BaseException as exc:
             del snapshot.encoded[key]
