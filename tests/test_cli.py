@@ -95,3 +95,16 @@ def test_bad_dsn_is_rejected_without_its_password() -> None:
 def test_environment_overrides_settings(tmp_path: Path) -> None:
     result = run("check-config", env={"PG_EXPORTER_POOL_SIZE": "0"})
     assert "pool_size" in _one_line_error(result)
+
+
+def test_the_example_config_documents_every_setting() -> None:
+    from exporter.settings import Settings
+
+    text = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    for name in Settings.model_fields:
+        assert (
+            f"\n{name} =" in text
+            or f"\n# {name} =" in text
+            or f"[{name}." in text
+            or (name == "targets" and "[targets." in text)
+        ), f"config.example.toml does not document {name}"
