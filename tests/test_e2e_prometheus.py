@@ -46,6 +46,7 @@ from exporter.localpg import LocalPostgres
 from tests.helpers import connect
 from tests.test_dashboards import (
     DASHBOARDS,
+    FAILING_COLLECTOR,
     RULE_FILES,
     Scenario,
     named_metrics,
@@ -76,26 +77,12 @@ pytestmark = [
     ),
 ]
 
-FAILING_COLLECTOR = """
-name = "e2e_always_failing"
-help = "Fails on every scrape, for PostgresExporterCollectorFailing."
-namespace = "e2e_check"
-scope = "cluster"
-profile = "minimal"
-
-[[variant]]
-sql = "SELECT 1 / (SELECT count(*) FROM pg_database WHERE false) AS failures"
-
-[columns.failures]
-usage = "gauge"
-description = "Never produced: the query divides by zero."
-"""
 
 #: (alert, severity) -> labels the firing alert must carry: what the scenario makes happen.
 EXPECTED_ALERTS: dict[tuple[str, str], dict[str, str]] = {
     ("PostgresDown", "critical"): {"instance": "gone"},
     ("PostgresExporterDown", "critical"): {"job": "postgres-unreachable"},
-    ("PostgresExporterCollectorFailing", "warning"): {"collector": "e2e_always_failing"},
+    ("PostgresExporterCollectorFailing", "warning"): {"collector": "dashboards_check_failing"},
     ("PostgresConnectionSaturation", "warning"): {"job": "postgres"},
     ("PostgresConnectionSaturation", "critical"): {"job": "postgres"},
     ("PgBouncerClientsWaiting", "warning"): {"instance": "pgbouncer", "database": DATABASE},
