@@ -36,22 +36,26 @@ def _version_bounds(expression: str, where: str) -> tuple[int | None, int | None
     >>> _version_bounds(">=13.0.0 <16.0.0", "x")
     (130000, 160000)
     >>> _version_bounds(">14.0.0", "x")
-    (150000, None)
+    (140001, None)
+    >>> _version_bounds(">=9.6.0", "x")
+    (90600, None)
     """
     low: int | None = None
     high: int | None = None
-    for operator, major_text, _minor in _RANGE.findall(expression):
-        major = int(major_text) * 10000
-        if operator in (">=", "", "="):
-            low = major
-            if operator == "=":
-                high = major + 10000
+    for operator, major_text, minor_text in _RANGE.findall(expression):
+        major, minor = int(major_text), int(minor_text or 0)
+        # server_version_num: 140002 for 14.2; 90603 for 9.6.3 (its patch level is ignored).
+        number = major * 10000 + (minor if major >= 10 else minor * 100)
+        if operator in (">=", ""):
+            low = number
         elif operator == ">":
-            low = major + 10000
+            low = number + 1
         elif operator == "<":
-            high = major
+            high = number
         elif operator == "<=":
-            high = major + 10000
+            high = number + 1
+        else:  # "="
+            low, high = number, number + 1
     if low is None and high is None:
         raise CatalogError(f"{where}.runonserver: cannot read version range {expression!r}")
     return low, high
@@ -66,6 +70,8 @@ def _collector(path: Path, namespace: str, entry: Any) -> CollectorSpec:
         if not isinstance(item, dict) or len(item) != 1:
             raise CatalogError(f"{where}.metrics: each item is one 'column: {{usage: ...}}'")
         ((column, spec),) = item.items()
+        if not isinstance(spec, dict):
+            raise CatalogError(f"{where}.metrics.{column}: expected usage and description")
         usage = _USAGES.get(str((spec or {}).get("usage", "")).upper())
         if usage is None:
             raise CatalogError(

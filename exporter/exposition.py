@@ -32,8 +32,20 @@ def wants_openmetrics(accept: str | None) -> bool:
 
 
 def wants_gzip(accept_encoding: str | None) -> bool:
-    """Tell whether the client accepts a gzip-compressed body."""
-    return any(part.split(";")[0].strip() == "gzip" for part in (accept_encoding or "").split(","))
+    """Tell whether the client accepts a gzip-compressed body.
+
+    >>> wants_gzip("gzip"), wants_gzip("identity, gzip;q=0.5"), wants_gzip("gzip;q=0")
+    (True, True, False)
+    """
+    for part in (accept_encoding or "").split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip() == "gzip":
+            quality = params.split("q=", 1)[1].strip() if "q=" in params else "1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def merge_families(groups: Iterable[Iterable[Family]]) -> list[Family]:

@@ -67,32 +67,30 @@ async def _respond(request: web.Request, target: Target | None) -> web.Response:
 async def _page(
     request: web.Request, snapshot: Snapshot, *, openmetrics: bool, gzipped: bool
 ) -> bytes:
-    """Encode (and gzip) a snapshot once for every scrape that shares it."""
+    """Encode (and gzip) a snapshot once, off the event loop, for every scrape sharing it.
+
+    The encoding is a task of its own: a client that hangs up cancels only its own wait,
+    never the page the other scrapes are waiting for.
+    """
     key = (openmetrics, gzipped)
     page = snapshot.encoded.get(key)
     if page is None:
-        page = asyncio.get_running_loop().create_future()
+        work = functools.partial(
+            encode_gzip if gzipped else encode,
+            snapshot.families,
+            openmetrics=openmetrics,
+            registry=request.app[PROCESS_REGISTRY],
+            **({"level": request.app[SETTINGS].gzip_level} if gzipped else {}),
+        )
+        page = asyncio.ensure_future(asyncio.to_thread(work))
         snapshot.encoded[key] = page
-        registry = request.app[PROCESS_REGISTRY]
-        try:
-            if gzipped:
-                body = await asyncio.to_thread(
-                    functools.partial(
-                        encode_gzip,
-                        snapshot.families,
-                        openmetrics=openmetrics,
-                        registry=registry,
-                        level=request.app[SETTINGS].gzip_level,
-                    )
-                )
-            else:
-                body = encode(snapshot.families, openmetrics=openmetrics, registry=registry)
-            page.set_result(body)
-        except BaseException as exc:
-            del snapshot.encoded[key]
-            page.set_exception(exc)
-            raise
-    return await asyncio.shield(page)
+    try:
+        return await asyncio.shield(page)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        snapshot.encoded.pop(key, None)
+        raise
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -122,11 +120,9 @@ async def readyz(request: web.Request) -> web.Response:
     target = request.app[FLEET].default
     if target is None:
         return web.Response(text="ready (no default target)\n")
-    snapshot = await target.scrape(scrape_timeout(request, request.app[SETTINGS]))
-    if snapshot.up:
+    # A round trip only: a readiness probe must not start (or bound) a whole collection.
+    if await target.ready(scrape_timeout(request, request.app[SETTINGS])):
         return web.Response(text="ready\n")
-    if snapshot.up is None:
-        return web.Response(status=503, text="collection still in progress\n")
     return web.Response(status=503, text="database unreachable\n")
 
 

@@ -28,7 +28,7 @@ from exporter.exposition import merge_families
 from exporter.plan import PlannedQuery, ServerInfo, plan_queries, select_databases
 from exporter.selfmetrics import incomplete_families, self_families
 from exporter.settings import Settings
-from exporter.snapshot import CollectorOutput, Family, RowRenderer, format_float
+from exporter.snapshot import CollectorOutput, Family, RowRenderer
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ class Target:
         """Close every pool; give late background work a moment to end."""
         if self._inflight is not None:
             self._inflight.cancel()
+            await asyncio.wait({self._inflight}, timeout=2.0)
         if self._background:
             await asyncio.wait(self._background, timeout=2.0)
         pools = [self._pool, *self._database_pools.values()]
@@ -184,18 +185,27 @@ class Target:
         """Collect, or join the collection in flight; never wait past this scrape's budget."""
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.create_task(self._collect(timeout))
+            self._inflight.add_done_callback(_consume_outcome)
         task = self._inflight
         try:
             # asyncio.wait never cancels the shared task: other scrapes may be waiting on it.
             done, _ = await asyncio.wait({task}, timeout=timeout)
-            if task in done:
+            if task in done and not task.cancelled() and task.exception() is None:
                 return task.result()
+            if task in done and not task.cancelled():
+                error = task.exception()
+                log.error("target %s: collection failed", self.name, exc_info=error)
             up = self._inflight_up
             return Snapshot(families=incomplete_families(up), up=up, duration=timeout)
         finally:
             # A finished task would keep the whole snapshot alive until the next scrape.
             if task.done() and self._inflight is task:
                 self._inflight = None
+
+    async def ready(self, timeout: float) -> bool:
+        """Tell whether the server answers a round trip now (no collection, no counters)."""
+        server, _ = await self._reach(time.monotonic() + timeout)
+        return server is not None
 
     async def _collect(self, timeout: float) -> Snapshot:
         started = time.monotonic()
@@ -416,8 +426,11 @@ class Target:
         *,
         main: bool,
     ) -> None:
-        if not queries:
+        # Served from the ttl cache: no connection needed (even if none can be had now).
+        pending = [(q, r) for q, r in zip(queries, runs, strict=True) if not self._from_cache(q, r)]
+        if not pending:
             return
+        queries, runs = [q for q, _ in pending], [r for _, r in pending]
         async with self._parallel:
             pool = self._pool_for(database, main)
             if not main and pool.closed:
@@ -432,6 +445,14 @@ class Target:
                 for run in runs:
                     if run.output is None and run.skipped is None and run.error is None:
                         run.error = message
+
+    def _from_cache(self, query: PlannedQuery, run: CollectorRun) -> bool:
+        """Fill a run from the ttl cache if a fresh entry is there; tell whether it was."""
+        cached = self._cache.get((query.spec.name, run.datname))
+        if cached is None or cached.expires <= time.monotonic():
+            return False
+        run.output, run.skipped, run.cached = cached.output, cached.skipped, True
+        return True
 
     async def _extensions(
         self, conn: psycopg.AsyncConnection[Any], queries: list[PlannedQuery]
@@ -455,10 +476,6 @@ class Target:
             return
         started = time.monotonic()
         key = (spec.name, run.datname)
-        cached = self._cache.get(key)
-        if cached is not None and cached.expires > started:
-            run.output, run.skipped, run.cached = cached.output, cached.skipped, True
-            return
         timeout = min(
             spec.timeout or self.settings.statement_timeout_seconds,
             max(0.001, deadline - started),
@@ -593,4 +610,4 @@ class _PredicateFalse(CollectorFailed):
     """The collector's predicate said it does not apply here."""
 
 
-__all__ = ["CollectorRun", "Snapshot", "Target", "format_float"]
+__all__ = ["CollectorRun", "Snapshot", "Target"]

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 import exporter.catalog
+import exporter.compat
 import exporter.dsn
+import exporter.exposition
 import exporter.plan
 import exporter.settings
 import exporter.snapshot
@@ -35,7 +37,16 @@ description = "Jobs waiting."
 
 
 @pytest.mark.parametrize(
-    "module", [exporter.catalog, exporter.dsn, exporter.plan, exporter.settings, exporter.snapshot]
+    "module",
+    [
+        exporter.catalog,
+        exporter.compat,
+        exporter.dsn,
+        exporter.exposition,
+        exporter.plan,
+        exporter.settings,
+        exporter.snapshot,
+    ],
 )
 def test_doctests(module: object) -> None:
     failures, _ = doctest.testmod(module)  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ def test_clash_with_a_builtin_collector_names_the_way_out() -> None:
         ("q:\n  query: SELECT 1 AS x\n  metrics:\n    - x:\n        usage: MAPPEDMETRIC\n",
          "q.metrics.x.usage: 'MAPPEDMETRIC' is not supported"),
         ("q: [\n", "not valid YAML"),
+        ("q:\n  query: SELECT 1 AS x\n  metrics:\n    - x: gauge\n", "q.metrics.x: expected usage"),
         ("q:\n  query: SELECT 1 AS x\n  runonserver: 'soon'\n  metrics:\n    - x:\n"
          "        usage: GAUGE\n", "cannot read version range"),
     ],
