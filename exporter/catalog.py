@@ -141,6 +141,17 @@ class CollectorSpec(_Strict):
         """Return the label name of a label column."""
         return self.columns[column].rename or column
 
+    def series_names(self) -> list[str]:
+        """Return every name this collector's samples can carry (a histogram has four)."""
+        names = []
+        for column, spec in self.columns.items():
+            if spec.usage in METRIC_USAGES:
+                name = self.metric_name(column)
+                names.append(name)
+                if spec.usage in ("histogram", "bucketed_histogram"):
+                    names += [name + part for part in ("_bucket", "_sum", "_count")]
+        return names
+
     def metric_names(self) -> list[str]:
         """Return every family name this collector can emit."""
         return [
@@ -287,7 +298,7 @@ def load_catalog(
             raise CatalogError(
                 f"{path}: name: collector {spec.name!r} is already defined in {sources[spec.name]}"
             )
-        for metric in [] if spec.name in skip else spec.metric_names():
+        for metric in [] if spec.name in skip else spec.series_names():
             family = metric.removesuffix("_total")
             if family in metric_owner:
                 raise CatalogError(

@@ -374,6 +374,11 @@ class Target:
             self._cache = {
                 key: entry for key, entry in self._cache.items() if key[1] in keep or not key[1]
             }
+            self._last_seconds = {
+                key: seconds
+                for key, seconds in self._last_seconds.items()
+                if key[1] in keep or not key[1]
+            }
 
     def _split_lanes(
         self, queries: list[PlannedQuery], runs: list[CollectorRun], lanes: int

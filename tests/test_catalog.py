@@ -146,3 +146,14 @@ def test_histogram_needs_buckets() -> None:
     text = GOOD.replace('usage = "gauge"', 'usage = "histogram"')
     with pytest.raises(CatalogError, match="needs 'buckets'"):
         load_collector_file("h.toml", text)
+
+
+def test_histogram_series_names_clash_too(tmp_path: Path) -> None:
+    histogram = GOOD.replace('usage = "gauge"', 'usage = "histogram"\nbuckets = [1]')
+    (tmp_path / "a.toml").write_text(histogram)
+    gauge = GOOD.replace('name = "custom"', 'name = "other"').replace(
+        "queue_depth", "queue_depth_count"
+    )
+    (tmp_path / "b.toml").write_text(gauge)
+    with pytest.raises(CatalogError, match="app_queue_depth_count"):
+        load_catalog([tmp_path])
