@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from tests.conftest import MONITOR_ROLE, Server
-from tests.helpers import connect, flush_stats, scrape_async
+from tests.helpers import Scrape, connect, flush_stats, scrape_async
 
 
 async def test_every_collector_runs_without_error(pg: Server, database: str) -> None:
@@ -208,3 +208,33 @@ def test_monitor_role_is_not_superuser(pg: Server) -> None:
     with connect(pg.admin()) as conn:
         row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (MONITOR_ROLE,))
         assert row.fetchone() == (False,)
+
+
+async def test_table_block_io_is_counted(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE TABLE scanned (id int PRIMARY KEY, pad text)")
+        conn.execute(
+            "INSERT INTO scanned SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g"
+        )
+        conn.execute("CREATE TABLE untouched (id int)")
+        (pages,) = conn.execute(
+            "SELECT pg_relation_size('scanned') / current_setting('block_size')::int"
+        ).fetchone() or (0,)
+        before = await scrape_async(pg.monitor(database), include_databases=[database])
+        for _ in range(3):
+            conn.execute("SELECT count(*) FROM scanned").fetchone()
+        flush_stats(conn)
+    after = await scrape_async(pg.monitor(database), include_databases=[database])
+    labels = {"datname": database, "relname": "scanned"}
+
+    def blocks(result: Scrape) -> float:
+        return result.value("pg_table_heap_blks_hit_total", **labels) + result.value(
+            "pg_table_heap_blks_read_total", **labels
+        )
+
+    # Three sequential scans touch every page of the table three times.
+    assert blocks(after) - blocks(before) >= 3 * pages > 0
+    assert after.value("pg_table_idx_blks_hit_total", **labels) >= 0
+    untouched = {"datname": database, "relname": "untouched"}
+    assert after.value("pg_table_heap_blks_hit_total", **untouched) == 0
+    assert not after.find("pg_table_idx_blks_hit_total", **untouched)  # no index, no series
