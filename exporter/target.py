@@ -12,9 +12,9 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import Column
@@ -33,6 +33,7 @@ from exporter.snapshot import CollectorOutput, Family, RowRenderer
 log = logging.getLogger(__name__)
 
 TargetKind = Literal["postgres", "pgbouncer"]
+T = TypeVar("T")
 
 # Names travel as raw bytes (textsend): a database name that is not valid UTF-8, or a
 # SQL_ASCII database, must not turn the probe into a decoding error.
@@ -237,26 +238,34 @@ class Target:
                 return None, failure
             if self._was_up is False:
                 await self._reset_pools()
-        for attempt in range(2):
-            probe = asyncio.create_task(self._probe())
-            done, _ = await asyncio.wait({probe}, timeout=max(0.0, deadline - time.monotonic()))
-            if not done:
-                self._abandon(probe)
-                return None, "no answer within the scrape deadline"
-            error = probe.exception()
-            if error is None:
-                return probe.result(), ""
-            if not isinstance(error, psycopg.Error | PoolTimeout):
-                raise error
-            if not isinstance(error, PoolTimeout) or attempt:
-                return None, self._describe(error)
+        probe = await self._within(self._probe(), deadline)
+        if probe is not None and isinstance(probe.exception(), PoolTimeout):
             # The pool got no connection in time: one direct attempt tells whether the server
             # is down (and why) or only the pool is still backing off from a restart.
             failure = await self._connect_once(deadline)
             if failure is not None:
                 return None, failure
             await self._reset_pools()
-        raise AssertionError("unreachable")
+            probe = await self._within(self._probe(), deadline)
+        if probe is None:
+            return None, "no answer within the scrape deadline"
+        error = probe.exception()
+        if error is None:
+            return probe.result(), ""
+        if isinstance(error, psycopg.Error | PoolTimeout):
+            return None, self._describe(error)
+        raise error
+
+    async def _within(
+        self, work: Coroutine[Any, Any, T], deadline: float
+    ) -> asyncio.Task[T] | None:
+        """Run work until the deadline; return its finished task, or None if it was abandoned."""
+        task = asyncio.create_task(work)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            self._abandon(task)
+            return None
+        return task
 
     async def _connect_once(self, deadline: float) -> str | None:
         """Open and close one connection within the budget; return None, or why it failed."""
@@ -264,10 +273,9 @@ class Target:
         if budget <= 0:
             return "no answer within the scrape deadline"
         kwargs = {**self._connect_kwargs, "connect_timeout": max(1, int(budget))}
-        attempt = asyncio.create_task(psycopg.AsyncConnection.connect(self._dsn, **kwargs))
-        done, _ = await asyncio.wait({attempt}, timeout=budget)
-        if not done:
-            self._abandon(attempt)
+        connect = psycopg.AsyncConnection.connect(self._dsn, **kwargs)
+        attempt = await self._within(connect, time.monotonic() + budget)
+        if attempt is None:
             return "no answer within the connect timeout"
         error = attempt.exception()
         if error is not None:
