@@ -41,7 +41,6 @@ from exporter.localpg import (
     LocalPostgresError,
     cache_root,
     cached_bindir,
-    parse_version_num,
     server_version_num,
 )
 
@@ -242,24 +241,13 @@ def _major_of_install(bindir: Path) -> int | None:
 def check(major: int, bindir: Path) -> list[str]:
     """Check the install in ``bindir``; return notes (raise FetchError when it is broken)."""
     try:
-        proc = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except OSError as exc:
-        raise FetchError(f"{bindir / 'postgres'} does not run: {exc}") from exc
-    if proc.returncode != 0:
-        raise FetchError(f"{bindir / 'postgres'} --version failed: {proc.stderr.strip()}")
-    version = proc.stdout.strip()
-    try:
-        got = parse_version_num(version) // 10000
+        number = server_version_num(bindir)
     except LocalPostgresError as exc:
         raise FetchError(str(exc)) from exc
+    got = number // 10000
     if got != major:
         raise FetchError(f"{bindir} holds PostgreSQL {got}, not {major}")
+    version = f"postgres (PostgreSQL) {got}.{number % 10000}"
     notes = [version]
     libdirs = [bindir.parent / "lib" / "postgresql", bindir.parent / "lib"]
     if not any((d / "pg_stat_statements.so").is_file() for d in libdirs):
