@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exporter.snapshot import Family, escape_label_value, format_float
+from exporter.snapshot import Family, format_float, label_block
 
 if TYPE_CHECKING:
     from exporter.plan import ServerInfo
@@ -113,8 +113,7 @@ def incomplete_families(up: bool | None) -> list[Family]:
 
 
 def _labels(**labels: str) -> str:
-    inner = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in labels.items())
-    return "{" + inner + "}"
+    return label_block(list(labels), list(labels.values()))
 
 
 def self_families(

@@ -223,7 +223,7 @@ class RowRenderer:
                 duplicates += len(metrics)
                 continue
             seen.add(key)
-            block = _label_block(label_names, key, self.fixed_labels)
+            block = label_block(label_names, key, self.fixed_labels)
             for metric in metrics:
                 if metric.parts is not None:
                     size = len(row[metric.index] or ()) + 3  # buckets, +Inf, _sum, _count
@@ -269,12 +269,12 @@ class RowRenderer:
                 fixed = self.fixed_labels
                 for bound in buckets:
                     le = f'le="{format_float(float(bound))}"'
-                    block = _label_block(self.label_names, key, fixed, le)
+                    block = label_block(self.label_names, key, fixed, le)
                     count = sum(1 for v in observed if v <= bound)
                     metric.family.lines.append(f"{name}_bucket{block} {count}\n")
-                block = _label_block(self.label_names, key, fixed, 'le="+Inf"')
+                block = label_block(self.label_names, key, fixed, 'le="+Inf"')
                 metric.family.lines.append(f"{name}_bucket{block} {len(observed)}\n")
-                block = _label_block(self.label_names, key, fixed)
+                block = label_block(self.label_names, key, fixed)
                 metric.family.lines.append(
                     f"{name}_sum{block} {format_float(float(sum(observed)))}\n"
                 )
@@ -352,7 +352,8 @@ def _bucketed_lines(metric: _MetricColumn, row: Sequence[Any], block: str) -> in
     return len(bounds) + 3
 
 
-def _label_block(names: Sequence[str], values: Sequence[Any], *extra: str) -> str:
+def label_block(names: Sequence[str], values: Sequence[Any], *extra: str) -> str:
+    """Render `{name="value",...}` (escaped), plus already rendered extra labels; "" if none."""
     parts = [
         f'{name}="{escape_label_value(label_text(value))}"'
         for name, value in zip(names, values, strict=True)
