@@ -61,6 +61,10 @@ class Scrape:
         )
         return found[0].value
 
+    def total(self, name: str, /, **labels: str) -> float:
+        """Return the sum over the samples whose labels include these (0 when there are none)."""
+        return sum(s.value for s in self.find(name, **labels))
+
     def names(self) -> set[str]:
         """Return every sample name."""
         return {s.name for s in self.samples}

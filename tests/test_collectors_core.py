@@ -99,7 +99,9 @@ async def test_connections_by_state_and_idle_in_transaction(pg: Server, database
             wait_event_type="Client",
         )
         assert in_tx == 1
-        assert result.value("pg_connections", datname=database, state="idle") >= 1
+        # Summed over wait_event_type: a backend that has just gone idle shows no wait event
+        # for a moment before it waits for the client (the exporter's other lane, often).
+        assert result.total("pg_connections", datname=database, state="idle") >= 1
         assert result.value("pg_activity_idle_in_transaction_over_threshold") >= 1
         assert result.value("pg_activity_oldest_idle_in_transaction_seconds") > 0
         (holder,) = result.find("pg_activity_idle_in_transaction_seconds", datname=database)
