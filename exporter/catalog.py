@@ -44,6 +44,9 @@ class ColumnSpec(_Strict):
     scale: float | None = None
     default: float | None = None
     buckets: tuple[float, ...] | None = None
+    # Other names the column has in some server versions (PgBouncer 1.24 renamed SHOW
+    # DATABASES' reserve_pool to reserve_pool_size; SHOW commands cannot alias a column).
+    aliases: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _buckets_only_for_histograms(self) -> ColumnSpec:
@@ -61,6 +64,9 @@ class ColumnSpec(_Strict):
         ):
             raise ValueError(f"'scale' and 'default' do not apply to a {self.usage} column")
         return self
+
+
+_NO_COLUMN = ColumnSpec(usage="gauge", description="-")
 
 
 class VariantSpec(_Strict):
@@ -108,6 +114,9 @@ class CollectorSpec(_Strict):
     # Keep metric names as another exporter made them (counters without _total), for
     # imported postgres_exporter queries whose dashboards depend on those names.
     legacy_names: bool = False
+    # Keep only the rows whose column holds one of these values (for SHOW commands, which
+    # have no WHERE): {column: [value, ...]}.
+    keep_rows: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     variants: tuple[VariantSpec, ...] = Field(alias="variant", min_length=1)
     columns: dict[str, ColumnSpec] = Field(min_length=1)
 
@@ -130,6 +139,17 @@ class CollectorSpec(_Strict):
                             f"columns.{column}: a bucketed histogram needs a column"
                             f" {column + part!r} (declare it as discard)"
                         )
+        names = list(self.columns)
+        for column, spec in self.columns.items():
+            for alias in spec.aliases:
+                if alias in names:
+                    raise ValueError(f"columns.{column}.aliases: {alias!r} names another column")
+                names.append(alias)
+        for column, values in self.keep_rows.items():
+            if self.columns.get(column, _NO_COLUMN).usage not in ("label", "discard"):
+                raise ValueError(f"keep_rows.{column}: not a declared label or discard column")
+            if not values:
+                raise ValueError(f"keep_rows.{column}: list at least one value")
         check_variants_disjoint(self.variants)
         return self
 

@@ -120,12 +120,23 @@ class RowRenderer:
         self, spec: CollectorSpec, column_names: Sequence[str], *, datname: str | None = None
     ) -> None:
         declared = set(spec.columns)
+        aliases = {alias: name for name, column in spec.columns.items() for alias in column.aliases}
+        # A column that came back under one of its aliases is known by its declared name.
+        column_names = [
+            name if name in declared else aliases.get(name, name) for name in column_names
+        ]
         missing = [name for name in spec.columns if name not in column_names]
         if missing:
-            raise CollectorFailed(f"query returned no column {missing[0]!r}")
+            also = spec.columns[missing[0]].aliases
+            named = f" (nor {', '.join(also)})" if also else ""
+            raise CollectorFailed(f"query returned no column {missing[0]!r}{named}")
         extra = [name for name in column_names if name not in declared]
         if extra and not spec.ignore_extra_columns:
             raise CollectorFailed(f"query returned undeclared column {extra[0]!r}")
+        self.row_filters = [
+            (column_names.index(column), frozenset(values))
+            for column, values in spec.keep_rows.items()
+        ]
         self.spec = spec
         self.families: list[Family] = []
         self.label_indexes: list[int] = []
@@ -148,7 +159,7 @@ class RowRenderer:
                 self.families.append(family)
                 parts = None
                 if bucketed:
-                    b, s, c = (list(column_names).index(column + p) for p in _HISTOGRAM_PARTS)
+                    b, s, c = (column_names.index(column + p) for p in _HISTOGRAM_PARTS)
                     parts = (b, s, c)
                 self.metrics.append(
                     _MetricColumn(
@@ -168,6 +179,8 @@ class RowRenderer:
 
     def render(self, rows: Sequence[Sequence[Any]]) -> CollectorOutput:
         """Render every row; drop duplicate label sets and series beyond max_series."""
+        for index, values in self.row_filters:
+            rows = [row for row in rows if label_text(row[index]) in values]
         if self.metrics and self.metrics[0].buckets:
             return self._render_histograms(rows)
         if rows and len(rows) * len(self.metrics) <= self.spec.max_series:

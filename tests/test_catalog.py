@@ -100,6 +100,22 @@ def _error_for(tmp_path: Path, text: str) -> str:
         (("[[variant]]", "[[variant]]\nsql = 'x'\n[[variant]]"), "overlap"),
         (('name = "custom"', 'name = "custom"\nttl = -1'), "ttl"),
         (("[columns.datname]", "[columns.datname]\nbuckets = [1]"), "columns.datname"),
+        (
+            ('description = "Jobs waiting."', 'description = "J."\naliases = ["datname"]'),
+            "columns.queue_depth.aliases: 'datname' names another column",
+        ),
+        (
+            ('scope = "database"', 'scope = "database"\nkeep_rows = {queue_depth = ["1"]}'),
+            "keep_rows.queue_depth: not a declared label or discard column",
+        ),
+        (
+            ('scope = "database"', 'scope = "database"\nkeep_rows = {nosuch = ["1"]}'),
+            "keep_rows.nosuch: not a declared label",
+        ),
+        (
+            ('scope = "database"', 'scope = "database"\nkeep_rows = {datname = []}'),
+            "keep_rows.datname: list at least one value",
+        ),
     ],
 )
 def test_a_broken_file_is_one_line_naming_the_field(

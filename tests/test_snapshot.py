@@ -121,3 +121,34 @@ def test_undeclared_and_missing_columns_fail() -> None:
         RowRenderer(spec(), ["schema", "rel", "n", "c", "ms", "skip", "extra"])
     with pytest.raises(CollectorFailed, match="no column 'skip'"):
         RowRenderer(spec(), ["schema", "rel", "n", "c", "ms"])
+
+
+def test_a_column_may_come_back_under_an_alias() -> None:
+    aliased = load_collector_file(
+        "t.toml",
+        SPEC_TEXT.format(extra="").replace(
+            'rename = "c_total"', 'rename = "c_total"\naliases = ["c_old", "c_older"]'
+        ),
+    )
+    rows = [("s", "r", 1, 5, None, None)]
+    for name in ("c", "c_old", "c_older"):
+        output = RowRenderer(aliased, ["schema", "rel", "n", name, "ms", "skip"]).render(rows)
+        assert output.families[1].lines == ['t_c_total{schema="s",rel="r"} 5\n']
+    with pytest.raises(CollectorFailed, match=r"no column 'c' \(nor c_old, c_older\)"):
+        RowRenderer(aliased, ["schema", "rel", "n", "c_new", "ms", "skip"])
+
+
+def test_keep_rows_renders_only_the_rows_listed() -> None:
+    filtered = spec('keep_rows = {rel = ["keep", "7"], skip = ["x"]}')
+    rows = [
+        ("s", "keep", 1, 1, 1, "x"),
+        ("s", "drop", 2, 2, 2, "x"),  # rel not listed
+        ("s", 7, 3, 3, 3, "x"),  # compared as the label would render: "7"
+        ("t", "keep", 4, 4, 4, "y"),  # second filter: skip is not "x"
+    ]
+    output = RowRenderer(filtered, ["schema", "rel", "n", "c", "ms", "skip"]).render(rows)
+    assert output.families[0].lines == [
+        't_n{schema="s",rel="keep"} 1\n',
+        't_n{schema="s",rel="7"} 3\n',
+    ]
+    assert output.series == 6
