@@ -46,6 +46,8 @@ pytestmark = pytest.mark.skipif(
 
 POOL_SIZE = 2
 MAX_DB_CONNECTIONS = 7
+RESERVE_POOL_SIZE = 3
+MAX_CLIENT_CONN = 50
 MONITOR_USER = "bouncer_monitor"
 MONITOR_PASSWORD = "bouncer-monitor-S3cret"
 ADMIN_USER = "bouncer_admin"
@@ -115,8 +117,10 @@ stats_users = {MONITOR_USER}
 pool_mode = transaction
 default_pool_size = {POOL_SIZE}
 min_pool_size = 0
-reserve_pool_size = 0
-max_client_conn = 50
+reserve_pool_size = {RESERVE_POOL_SIZE}
+# Clients never wait this long in a test: the reserve pool stays unused.
+reserve_pool_timeout = 600
+max_client_conn = {MAX_CLIENT_CONN}
 logfile = {self.dir / "pgbouncer.log"}
 pidfile = {self.dir / "pgbouncer.pid"}
 """
@@ -392,6 +396,7 @@ async def test_databases_show_limits_and_state(bouncer: Bouncer, exporter: Expor
     assert result.collector_errors() == {}
     assert result.value("pgbouncer_databases_pool_size", **database) == POOL_SIZE
     assert result.value("pgbouncer_databases_min_pool_size", **database) == 0
+    assert result.value("pgbouncer_databases_reserve_pool", **database) == RESERVE_POOL_SIZE
     assert result.value("pgbouncer_databases_max_connections", **database) == MAX_DB_CONNECTIONS
     assert result.value("pgbouncer_databases_current_connections", **database) == 0
     assert result.value("pgbouncer_databases_disabled", **database) == 0
@@ -405,6 +410,32 @@ async def test_databases_show_limits_and_state(bouncer: Bouncer, exporter: Expor
     result = await exporter.probe()
     assert result.value("pgbouncer_databases_disabled", **database) == 1
     assert result.value("pgbouncer_databases_paused", **database) == 1
+
+
+async def test_settings_are_the_limits_pgbouncer_runs_with(
+    bouncer: Bouncer, exporter: Exporter
+) -> None:
+    result = await exporter.probe()
+    assert result.value("pgbouncer_settings_value", name="max_client_conn") == MAX_CLIENT_CONN
+    assert result.value("pgbouncer_settings_value", name="default_pool_size") == POOL_SIZE
+    assert result.value("pgbouncer_settings_value", name="reserve_pool_size") == RESERVE_POOL_SIZE
+    assert result.value("pgbouncer_settings_value", name="reserve_pool_timeout") == 600
+    assert result.value("pgbouncer_settings_value", name="query_timeout") == 0
+    # Only the numeric settings the collector lists: pool_mode, auth_file... are text.
+    (spec,) = (c for c in CATALOG.collectors if c.name == "pgbouncer_settings")
+    names = {sample.labels["name"] for sample in result.find("pgbouncer_settings_value")}
+    assert names == set(spec.keep_rows["key"])
+
+    # The saturation the dashboards and alerts compute: clients against max_client_conn.
+    clients = [psycopg.connect(bouncer.app_dsn(), autocommit=True) for _ in range(4)]
+    try:
+        result = await exporter.probe()
+    finally:
+        for client in clients:
+            client.close()
+    used = result.value("pgbouncer_lists_items", list="used_clients")
+    assert used >= len(clients) + 1  # and the exporter's own console connection
+    assert used < len(clients) + 4
 
 
 async def test_bouncer_target_runs_no_postgres_collector(
@@ -437,7 +468,13 @@ async def test_bouncer_target_runs_no_postgres_collector(
 async def test_bouncer_target_runs_every_pgbouncer_collector(
     bouncer: Bouncer, exporter: Exporter
 ) -> None:
-    expected = {"pgbouncer_pools", "pgbouncer_stats", "pgbouncer_databases", "pgbouncer_lists"}
+    expected = {
+        "pgbouncer_pools",
+        "pgbouncer_stats",
+        "pgbouncer_databases",
+        "pgbouncer_lists",
+        "pgbouncer_settings",
+    }
     result = await exporter.probe()
     assert result.collector_errors() == {}
     assert result.skipped() == {}, f"on {bouncer.version()}"
