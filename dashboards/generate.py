@@ -942,6 +942,18 @@ QUERIES_SESSIONS = Dashboard(
                     ),
                 ),
                 ts(
+                    "Client connections against max_client_conn",
+                    "Clients logged in to PgBouncer over its max_client_conn: at 100 % new"
+                    " clients are refused (alert: 85 % for 5 minutes).",
+                    Query(
+                        f'pgbouncer_lists_items{{list="used_clients",{I}}}'
+                        " / ignoring (list, name)"
+                        f' pgbouncer_settings_value{{name="max_client_conn",{I}}}',
+                        "{{instance}}",
+                    ),
+                    unit="percentunit",
+                ),
+                ts(
                     "Longest client wait",
                     "How long the oldest waiting client has waited (alert: over 1 s for 2"
                     " minutes).",
