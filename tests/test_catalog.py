@@ -173,3 +173,16 @@ def test_histogram_series_names_clash_too(tmp_path: Path) -> None:
     (tmp_path / "b.toml").write_text(gauge)
     with pytest.raises(CatalogError, match="app_queue_depth_count"):
         load_catalog([tmp_path])
+
+
+def test_every_key_of_a_collector_file_is_documented() -> None:
+    document = (Path(__file__).parent.parent / "docs" / "collector-format.md").read_text()
+    for section, model in (
+        ("## Collector keys", exporter.catalog.CollectorSpec),
+        ("## Variant keys", exporter.catalog.VariantSpec),
+        ("## Column keys", exporter.catalog.ColumnSpec),
+    ):
+        table = document.split(section, 1)[1].split("\n## ", 1)[0]
+        documented = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+        accepted = {field.alias or name for name, field in model.model_fields.items()}
+        assert documented == accepted, section
