@@ -48,6 +48,7 @@ SELECT current_setting('server_version_num')::int,
 
 EXTENSIONS_SQL = "SELECT extname FROM pg_extension"
 PREDICATE_FALSE = "predicate is false"
+LOGGED_ONCE_LIMIT = 10_000
 
 
 @dataclass
@@ -514,8 +515,7 @@ class Target:
             # One collector's surprise (a value psycopg cannot decode, say) must not sink the
             # others or the page: it is that collector's error, logged once with its trace.
             run.error = f"internal error: {type(exc).__name__}: {self._describe(exc)}"
-            if (run.collector, "internal") not in self._logged:
-                self._logged.add((run.collector, "internal"))
+            if self._first_time((run.collector, "internal")):
                 log.exception("collector %s failed unexpectedly", run.collector)
         finally:
             run.duration = time.monotonic() - started
@@ -559,17 +559,25 @@ class Target:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return scrub(text, self._secrets)
 
+    def _first_time(self, key: tuple[str, str]) -> bool:
+        """Return whether this (subject, message) has not been logged yet, and note it."""
+        if key in self._logged:
+            return False
+        # Messages can carry changing details: past a bound, start over rather than grow
+        # for ever (each message is then logged once more).
+        if len(self._logged) >= LOGGED_ONCE_LIMIT:
+            self._logged.clear()
+        self._logged.add(key)
+        return True
+
     def _log_once_text(self, key: str, message: str) -> None:
-        if (key, message) not in self._logged:
-            self._logged.add((key, message))
+        if self._first_time((key, message)):
             log.warning("target %s: %s", self.name, message)
 
     def _log_once(self, run: CollectorRun) -> None:
         message = run.error or run.skipped or ""
-        key = (f"{run.collector}/{run.datname}", message)
-        if key in self._logged:
+        if not self._first_time((f"{run.collector}/{run.datname}", message)):
             return
-        self._logged.add(key)
         where = f" in database {run.datname!r}" if run.datname else ""
         if run.error:
             log.warning("collector %s failed%s: %s", run.collector, where, message)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from psycopg import sql
 
+import exporter.target
 from exporter.target import Target
 from tests.conftest import Server
 from tests.helpers import CATALOG, connect, make_settings
@@ -48,3 +50,15 @@ async def test_ttl_cache_serves_repeated_scrapes(pg: Server) -> None:
     assert second["table_sizes"].output is not None and first["table_sizes"].output is not None
     assert second["table_sizes"].output.series == first["table_sizes"].output.series
     assert not second["table_stats"].cached  # no ttl: asked again
+
+
+def test_the_logged_once_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exporter.target, "LOGGED_ONCE_LIMIT", 3)
+    settings = make_settings("host=127.0.0.1 port=1 dbname=x")
+    target = Target("t", settings.dsn, settings, ())
+    assert target._first_time(("c", "message 1"))
+    assert not target._first_time(("c", "message 1"))  # once
+    for n in range(2, 10):
+        assert target._first_time(("c", f"message {n}"))
+    assert len(target._logged) <= 3
+    assert target._first_time(("c", "message 1"))  # forgotten, so logged once more
