@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -91,7 +92,12 @@ async def test_connections_by_state_and_idle_in_transaction(pg: Server, database
     ):
         idle_in_tx.execute("SELECT 1")  # opens a transaction and leaves it open
         idle.execute("SELECT 1")
-        result = await scrape_async(pg.monitor(database), long_query_threshold_seconds=0)
+        # One pooled connection: with two, the exporter's other lane can itself be idle in
+        # a transaction for a moment (collectors with a timeout or predicate run inside one)
+        # when the connections collector looks. Alone, it is active while it looks.
+        result = await scrape_async(
+            pg.monitor(database), long_query_threshold_seconds=0, pool_size=1
+        )
         in_tx = result.value(
             "pg_connections",
             datname=database,
@@ -113,30 +119,41 @@ async def test_connections_by_state_and_idle_in_transaction(pg: Server, database
 
 
 async def test_long_running_query_is_counted_and_listed(pg: Server, database: str) -> None:
-    started = threading.Event()
+    # The query sleeps far longer than the test needs and is cancelled after the scrape: a
+    # short sleep could end before a slow machine gets to scrape it.
+    session = psycopg.connect(pg.admin(database), autocommit=True, application_name="reporting")
+    pid = session.info.backend_pid
 
     def sleeper() -> None:
-        with psycopg.connect(
-            pg.admin(database), autocommit=True, application_name="reporting"
-        ) as c:
-            started.set()
-            c.execute("SELECT pg_sleep(3)")
+        with contextlib.suppress(psycopg.errors.QueryCanceled):
+            session.execute("SELECT pg_sleep(60)")
 
     thread = threading.Thread(target=sleeper)
     thread.start()
     try:
-        started.wait()
-        time.sleep(1.5)
-        result = await scrape_async(pg.monitor(database), long_query_threshold_seconds=1)
+        # Scrape once the sleep has run past the 1 s threshold, as the server itself sees it.
+        with connect(pg.admin()) as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
+                " AND query LIKE '%%pg_sleep%%' AND now() - query_start > interval '1.2 s'",
+                (pid,),
+            ).fetchone():
+                assert time.monotonic() < deadline, "the sleeping query never showed as active"
+                time.sleep(0.05)
+            result = await scrape_async(pg.monitor(database), long_query_threshold_seconds=1)
     finally:
-        thread.join()
+        with connect(pg.admin()) as canceller:
+            canceller.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        thread.join(60)
+        session.close()
     assert result.value("pg_activity_long_running_queries") == 1
-    assert 1.4 < result.value("pg_activity_oldest_query_seconds") < 3
+    assert 1.2 < result.value("pg_activity_oldest_query_seconds") < 60
     (top,) = result.find("pg_activity_long_running_query_seconds", application_name="reporting")
     assert top.labels["usename"] == "postgres"
     assert top.labels["state"] == "active"
     assert top.labels["datname"] == database
-    assert int(top.labels["pid"]) > 0
+    assert int(top.labels["pid"]) == pid
     # The same session lands in the histogram's active state, above the 1 s bucket.
     assert result.value("pg_query_duration_seconds_bucket", state="active", le="1.0") == 0
     assert result.value("pg_query_duration_seconds_count", state="active") >= 1

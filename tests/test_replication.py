@@ -166,6 +166,26 @@ def topology(pg: Server) -> Iterator[Topology]:
             "the subscription's initial copy",
             lambda: scalar(subscriber.dsn("shop_copy"), "SELECT count(*) FROM orders") == 100,
         )
+        # The rows arrive before the table-sync worker finishes: until every table is ready
+        # ('r') its own walsender may still run on the primary, a third sender next to the
+        # standby and the subscription's apply worker, which may not be streaming yet.
+        wait_for(
+            "every subscribed table to be ready",
+            lambda: scalar(
+                subscriber.dsn("shop_copy"),
+                "SELECT count(*) > 0 AND bool_and(srsubstate = 'r') FROM pg_subscription_rel",
+            ),
+        )
+        wait_for(
+            "exactly the standby and the subscription to stream from the primary",
+            lambda: scalar(
+                primary.dsn(),
+                "SELECT array_agg(application_name ORDER BY application_name)"
+                " FILTER (WHERE state = 'streaming')"
+                " = %s::text[] AND count(*) = 2 FROM pg_stat_replication",
+                ([SUBSCRIPTION, "standby"],),
+            ),
+        )
         yield Topology(primary, standby, subscriber)
     finally:
         subscriber.cleanup()

@@ -301,6 +301,12 @@ class ConnectionWatch:
 # ---------------------------------------------------------------------- situations
 
 
+def count_rows(dsn: str, query: str) -> int:
+    """Return how many rows a query returns."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        return len(conn.execute(query).fetchall())
+
+
 def execute(dsn: str, *statements: str) -> None:
     """Run statements as they are, in autocommit."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -405,7 +411,9 @@ async def test_concurrent_scrapes_share_one_collection(
     with extra_databases(pg, *others):
         collectors = [
             *builtin("connections"),
-            *user_collectors(tmp_path, a_slow=sleeper("slow", 1), b_quick_db=QUICK_PER_DATABASE),
+            # 3 s: all twenty GETs and the connection watch must arrive while it runs, even
+            # on a loaded machine.
+            *user_collectors(tmp_path, a_slow=sleeper("slow", 3), b_quick_db=QUICK_PER_DATABASE),
         ]
         exporter = await exporter_for(
             pg.monitor(database),
@@ -461,9 +469,12 @@ async def test_ttl_cache_serves_repeated_scrapes(
     pg: Server, database: str, tmp_path: Path, exporter_for: ExporterFactory
 ) -> None:
     count_tables = "SELECT count(*) AS tables FROM pg_class WHERE relname LIKE 'ttl_probe%%'"
+    # Long enough that the second scrape comes within it even on a loaded machine; the test
+    # waits it out once, for the third.
+    ttl = 10
     collectors = user_collectors(
         tmp_path,
-        cached=gauge_collector("cached", count_tables, gauges=("tables",), options="ttl = 2"),
+        cached=gauge_collector("cached", count_tables, gauges=("tables",), options=f"ttl = {ttl}"),
         fresh=gauge_collector("fresh", count_tables, gauges=("tables",)),
     )
     exporter = await exporter_for(pg.monitor(database), collectors)
@@ -482,7 +493,9 @@ async def test_ttl_cache_serves_repeated_scrapes(
     )
     assert success(second, "cached") == 1
 
-    await asyncio.sleep(max(0.0, stored + 2.1 - time.monotonic()))
+    # The entry expires ttl after the first scrape's query started, which was before
+    # `stored`: past stored + ttl it has expired, whatever the machine's speed.
+    await asyncio.sleep(max(0.0, stored + ttl + 0.2 - time.monotonic()))
     third = await exporter.scrape()
     assert third.value("pg_test_cached_tables") == 1  # expired: queried again
     assert third.value("pg_exporter_collector_cached", collector="cached", datname="") == 0
@@ -997,6 +1010,16 @@ async def test_server_out_of_connection_slots(
         for hog in hogs:
             hog.close()
         hogs = []
+        # A closed client's backend exits on its own time: until the hogs are gone their slots
+        # are still taken, and a scrape that needs a new connection would be refused.
+        for _ in range(200):
+            if not await asyncio.to_thread(
+                count_rows, server.dsn(), "SELECT 1 FROM pg_stat_activity WHERE usename = 'hog'"
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the hog sessions were still there 10 s after closing them")
         for exporter in (connected, fresh):
             back = await exporter.scrape(header=3)
             assert back.value("pg_up") == 1
