@@ -136,6 +136,10 @@ class Target:
         self._database_pools: dict[str, AsyncConnectionPool] = {}
         self._parallel = asyncio.Semaphore(settings.pool_size)
         self._cache: dict[tuple[str, str], _CacheEntry] = {}
+        # Expired ttl entries being refreshed in the background, one at a time per target
+        # (on a connection of their own: at most one more than the pools).
+        self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._refresh_slot = asyncio.Semaphore(1)
         # Every collector's error counter exists from the start, so increase() sees the first.
         self._counters = _Counters(errors={spec.name: 0 for spec in self.collectors})
         self._inflight: asyncio.Task[Snapshot] | None = None
@@ -174,6 +178,8 @@ class Target:
         if self._inflight is not None:
             self._inflight.cancel()
             await asyncio.wait({self._inflight}, timeout=2.0)
+        for refresh in self._refreshing.values():
+            refresh.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=2.0)
         pools = [self._pool, *self._database_pools.values()]
@@ -181,7 +187,9 @@ class Target:
 
     def connection_bound(self) -> int:
         """Return the most connections this target may hold at once."""
-        return self.settings.pool_size + self.settings.max_databases
+        # A ttl collector's background refresh takes one connection of its own.
+        refresh = any(spec.ttl > 0 for spec in self.collectors) and not self.pgbouncer
+        return self.settings.pool_size + self.settings.max_databases + int(refresh)
 
     async def scrape(self, timeout: float) -> Snapshot:
         """Collect, or join the collection in flight; never wait past this scrape's budget."""
@@ -441,7 +449,11 @@ class Target:
         main: bool,
     ) -> None:
         # Served from the ttl cache: no connection needed (even if none can be had now).
-        pending = [(q, r) for q, r in zip(queries, runs, strict=True) if not self._from_cache(q, r)]
+        pending = [
+            (q, r)
+            for q, r in zip(queries, runs, strict=True)
+            if not self._from_cache(q, r) and not self._serve_stale(database, main, q, r)
+        ]
         if not pending:
             return
         queries, runs = [q for q, _ in pending], [r for _, r in pending]
@@ -459,6 +471,49 @@ class Target:
                 for run in runs:
                     if run.output is None and run.skipped is None and run.error is None:
                         run.error = message
+
+    def _serve_stale(
+        self, database: str, main: bool, query: PlannedQuery, run: CollectorRun
+    ) -> bool:
+        """Serve an expired ttl entry while a background refresh replaces it; tell if it was.
+
+        A ttl collector is an expensive one (sizes, bloat): on a large catalog it can take
+        longer than a scrape's budget, and run inline it would fail on every scrape once its
+        entry expired. Refreshed in the background it has its own timeout instead. An entry
+        is served stale for at most one more ttl; a refresh that fails drops it, so the next
+        scrape runs the collector itself and shows why it fails.
+        """
+        spec = query.spec
+        key = (spec.name, run.datname)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is None or self.pgbouncer or now >= cached.expires + spec.ttl:
+            return False
+        run.output, run.skipped, run.cached = cached.output, cached.skipped, True
+        if key not in self._refreshing:
+            task = asyncio.create_task(self._refresh(database, main, query, run.datname))
+            self._refreshing[key] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+            self._abandon(task, cancel=False)
+        return True
+
+    async def _refresh(self, database: str, main: bool, query: PlannedQuery, datname: str) -> None:
+        """Run one expired ttl collector on a connection of its own, to its own timeout."""
+        spec = query.spec
+        run = CollectorRun(spec.name, datname)
+        async with self._refresh_slot:
+            budget = (spec.timeout or self.settings.statement_timeout_seconds) + 1.0
+            conninfo = self._dsn if main else make_conninfo(self._dsn, dbname=database)
+            try:
+                conn = await psycopg.AsyncConnection.connect(conninfo, **self._connect_kwargs)
+                async with conn:
+                    extensions = await self._extensions(conn, [query])
+                    await self._run_one(conn, query, run, extensions, time.monotonic() + budget)
+            except psycopg.Error as exc:
+                run.error = self._describe(exc)
+        if run.output is None and run.skipped is None:
+            self._cache.pop((spec.name, datname), None)
+            self._log_once(run)
 
     def _from_cache(self, query: PlannedQuery, run: CollectorRun) -> bool:
         """Fill a run from the ttl cache if a fresh entry is there; tell whether it was."""

@@ -497,9 +497,74 @@ async def test_ttl_cache_serves_repeated_scrapes(
     # `stored`: past stored + ttl it has expired, whatever the machine's speed.
     await asyncio.sleep(max(0.0, stored + ttl + 0.2 - time.monotonic()))
     third = await exporter.scrape()
-    assert third.value("pg_test_cached_tables") == 1  # expired: queried again
-    assert third.value("pg_exporter_collector_cached", collector="cached", datname="") == 0
+    # Expired: the old answer is served once more while a background refresh asks again.
+    assert third.value("pg_test_cached_tables") == 0
+    assert third.value("pg_exporter_collector_cached", collector="cached", datname="") == 1
     assert third.value("pg_exporter_scrapes_total") == 3
+    fourth = await scrape_until(exporter, lambda s: s.value("pg_test_cached_tables") == 1)
+    assert fourth.value("pg_exporter_collector_cached", collector="cached", datname="") == 1
+
+
+async def scrape_until(
+    exporter: Exporter, condition: Callable[[Scrape], bool], seconds: float = 15
+) -> Scrape:
+    """Scrape until the condition holds on a page; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        scrape = await exporter.scrape()
+        if condition(scrape):
+            return scrape
+        assert time.monotonic() < deadline, scrape.text[:2000]
+        await asyncio.sleep(0.2)
+
+
+async def test_an_expired_slow_collector_refreshes_beyond_the_scrape_budget(
+    pg: Server, database: str, tmp_path: Path, exporter_for: ExporterFactory
+) -> None:
+    # A ttl collector that becomes slower than a scrape's budget (sizes on a catalog that
+    # grew): run inline it would fail on every scrape; refreshed in the background it keeps
+    # its last answer until the new one is in, then serves that.
+    execute(
+        pg.admin(database),
+        "CREATE TABLE refresh_control (answer int, seconds float8);"
+        " INSERT INTO refresh_control VALUES (1, 0);"
+        " GRANT SELECT ON refresh_control TO PUBLIC",
+    )
+    query = (
+        "SELECT (SELECT answer FROM refresh_control) AS answer"
+        " FROM pg_sleep((SELECT seconds FROM refresh_control))"
+    )
+    ttl = 2
+    collectors = user_collectors(
+        tmp_path,
+        slow=gauge_collector(
+            "slow", query, gauges=("answer",), options=f"ttl = {ttl}\ntimeout = 20"
+        ),
+    )
+    exporter = await exporter_for(pg.monitor(database), collectors)
+    first = await exporter.scrape(header=2)
+    stored = time.monotonic()
+    assert first.value("pg_test_slow_answer") == 1
+
+    # Now the query takes 3 s, more than the 2 s scrapes below allow.
+    execute(pg.admin(database), "UPDATE refresh_control SET answer = 2, seconds = 3")
+    await asyncio.sleep(max(0.0, stored + ttl + 0.2 - time.monotonic()))
+    refreshing = await exporter.scrape(header=2)
+    assert refreshing.value("pg_test_slow_answer") == 1
+    assert refreshing.value("pg_exporter_collector_cached", collector="slow", datname="") == 1
+    assert collector_errors(refreshing) == {}
+    fresh = await scrape_until(exporter, lambda s: s.find("pg_test_slow_answer")[0].value == 2)
+    assert collector_errors(fresh) == {}
+
+    # Stale for at most one more ttl (and not at all once a refresh has failed): then the
+    # scrapes run the query themselves and say why it fails, rather than serving the old
+    # value for ever.
+    execute(pg.admin(database), "UPDATE refresh_control SET answer = 3, seconds = 30")
+    failing = await scrape_until(
+        exporter, lambda s: "slow/" in collector_errors(s), seconds=ttl * 2 + 25
+    )
+    assert not failing.find("pg_test_slow_answer")
+    assert success(failing, "slow") == 0
 
 
 async def test_deadline_yields_partial_results(
