@@ -90,6 +90,7 @@ class _CacheEntry:
     expires: float
     output: CollectorOutput | None
     skipped: str | None = None
+    error: str | None = None  # a background refresh failed: served until the next one
 
 
 @dataclass
@@ -375,15 +376,22 @@ class Target:
             _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
             for task in late:
                 self._abandon(task)
-        for database_runs in pending_runs.values():
-            for run in database_runs:
+        for name, database_runs in pending_runs.items():
+            for query, run in zip(work[name], database_runs, strict=True):
                 if run.output is None and run.error is None and run.skipped is None:
                     run.error = "scrape deadline exceeded"
+                    # A ttl collector slower than the budget gets its first answer in the
+                    # background, as its later ones: a later scrape serves it.
+                    if query.spec.ttl > 0:
+                        self._start_refresh(name, name == server.database, query, run.datname)
             runs.extend(database_runs)
         return runs
 
     async def _forget_databases_except(self, keep: set[str]) -> None:
         """Close the pools and drop the cache of databases no longer scraped (dropped, say)."""
+        for (_, datname), refresh in list(self._refreshing.items()):
+            if datname and datname not in keep:
+                refresh.cancel()
         gone = [name for name in self._database_pools if name not in keep]
         for name in gone:
             await self._database_pools.pop(name).close()
@@ -452,7 +460,9 @@ class Target:
         pending = [
             (q, r)
             for q, r in zip(queries, runs, strict=True)
-            if not self._from_cache(q, r) and not self._serve_stale(database, main, q, r)
+            if not self._from_cache(q, r)
+            and not self._serve_stale(database, main, q, r)
+            and not self._refreshing_first(q, r)
         ]
         if not pending:
             return
@@ -479,48 +489,92 @@ class Target:
 
         A ttl collector is an expensive one (sizes, bloat): on a large catalog it can take
         longer than a scrape's budget, and run inline it would fail on every scrape once its
-        entry expired. Refreshed in the background it has its own timeout instead. An entry
-        is served stale for at most one more ttl; a refresh that fails drops it, so the next
-        scrape runs the collector itself and shows why it fails.
+        entry expired. Once it has an entry, it is only ever refreshed in the background, to
+        its own timeout; meanwhile the expired entry is served, until the refresh replaces it
+        (with its answer, or with its error: an old value is never served past a failure).
         """
-        spec = query.spec
-        key = (spec.name, run.datname)
-        cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is None or self.pgbouncer or now >= cached.expires + spec.ttl:
+        cached = self._cache.get((query.spec.name, run.datname))
+        if cached is None or self.pgbouncer:
             return False
-        run.output, run.skipped, run.cached = cached.output, cached.skipped, True
+        self._serve(cached, run)
+        self._start_refresh(database, main, query, run.datname)
+        return True
+
+    @staticmethod
+    def _serve(cached: _CacheEntry, run: CollectorRun) -> None:
+        run.output, run.skipped, run.error = cached.output, cached.skipped, cached.error
+        run.cached = True
+
+    def _start_refresh(self, database: str, main: bool, query: PlannedQuery, datname: str) -> None:
+        """Refresh a ttl collector in the background, unless that is under way already."""
+        key = (query.spec.name, datname)
+        if key in self._refreshing or self.pgbouncer:
+            return
+        task = asyncio.create_task(self._refresh(database, main, query, datname))
+        self._refreshing[key] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+        self._abandon(task, cancel=False)
+
+    def _refreshing_first(self, query: PlannedQuery, run: CollectorRun) -> bool:
+        """Tell whether the collector's first answer is being computed in the background."""
+        key = (query.spec.name, run.datname)
         if key not in self._refreshing:
-            task = asyncio.create_task(self._refresh(database, main, query, run.datname))
-            self._refreshing[key] = task
-            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
-            self._abandon(task, cancel=False)
+            return False
+        run.error = "slower than the scrape budget: its answer is being computed in the background"
         return True
 
     async def _refresh(self, database: str, main: bool, query: PlannedQuery, datname: str) -> None:
-        """Run one expired ttl collector on a connection of its own, to its own timeout."""
+        """Run one ttl collector on a connection of its own, to its own timeout; store the
+        outcome, whatever it is, for the collector's ttl."""
         spec = query.spec
         run = CollectorRun(spec.name, datname)
         async with self._refresh_slot:
             budget = (spec.timeout or self.settings.statement_timeout_seconds) + 1.0
             conninfo = self._dsn if main else make_conninfo(self._dsn, dbname=database)
             try:
-                conn = await psycopg.AsyncConnection.connect(conninfo, **self._connect_kwargs)
-                async with conn:
-                    extensions = await self._extensions(conn, [query])
-                    await self._run_one(conn, query, run, extensions, time.monotonic() + budget)
+                # statement_timeout ends the query on the server; this ends the wait on a
+                # server or network that stopped answering.
+                async with asyncio.timeout(self.settings.connect_timeout_seconds + budget):
+                    conn = await psycopg.AsyncConnection.connect(conninfo, **self._connect_kwargs)
+                    async with conn:
+                        extensions = await self._extensions(conn, [query])
+                        deadline = time.monotonic() + budget
+                        await self._run_one(conn, query, run, extensions, deadline)
+            except TimeoutError:
+                run.error = "no answer within the collector's timeout"
             except psycopg.Error as exc:
-                run.error = self._describe(exc)
-        if run.output is None and run.skipped is None:
-            self._cache.pop((spec.name, datname), None)
-            self._log_once(run)
+                run.error = run.error or self._describe(exc)
+            except Exception as exc:
+                # As in _run_one: a surprise is this collector's error, never a silent one.
+                run.error = f"internal error: {type(exc).__name__}: {self._describe(exc)}"
+                if self._first_time((spec.name, "refresh")):
+                    log.exception("collector %s: background refresh failed", spec.name)
+        # Kept for the ttl from when it came in: a refresh slower than its ttl must not
+        # start the next one at once.
+        self._cache[(spec.name, datname)] = _CacheEntry(
+            time.monotonic() + spec.ttl, run.output, run.skipped, run.error
+        )
+        self._count_output(run)
+
+    def _count_output(self, run: CollectorRun) -> None:
+        """Note a fresh run's duration and the series it dropped."""
+        if run.output is None:
+            return
+        self._last_seconds[(run.collector, run.datname)] = run.duration
+        for reason, count in (
+            ("duplicate", run.output.dropped_duplicates),
+            ("limit", run.output.dropped_over_limit),
+        ):
+            if count:
+                key = (run.collector, reason)
+                self._counters.dropped[key] = self._counters.dropped.get(key, 0) + count
 
     def _from_cache(self, query: PlannedQuery, run: CollectorRun) -> bool:
         """Fill a run from the ttl cache if a fresh entry is there; tell whether it was."""
         cached = self._cache.get((query.spec.name, run.datname))
         if cached is None or cached.expires <= time.monotonic():
             return False
-        run.output, run.skipped, run.cached = cached.output, cached.skipped, True
+        self._serve(cached, run)
         return True
 
     async def _extensions(
@@ -643,22 +697,14 @@ class Target:
         self, started: float, *, up: bool, runs: list[CollectorRun], server: ServerInfo | None
     ) -> Snapshot:
         for run in runs:
-            if run.output is not None and not run.cached:
-                self._last_seconds[(run.collector, run.datname)] = run.duration
+            if not run.cached:
+                self._count_output(run)
             if run.error:
                 self._counters.errors[run.collector] = (
                     self._counters.errors.get(run.collector, 0) + 1
                 )
             if run.error or run.skipped:
                 self._log_once(run)
-            if run.output is not None and not run.cached:
-                for reason, count in (
-                    ("duplicate", run.output.dropped_duplicates),
-                    ("limit", run.output.dropped_over_limit),
-                ):
-                    if count:
-                        key = (run.collector, reason)
-                        self._counters.dropped[key] = self._counters.dropped.get(key, 0) + count
         # The landing page needs each run's state, not its samples.
         self.last_runs = [
             dataclasses.replace(run, output=CollectorOutput([], run.output.series))

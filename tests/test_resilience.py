@@ -506,65 +506,104 @@ async def test_ttl_cache_serves_repeated_scrapes(
 
 
 async def scrape_until(
-    exporter: Exporter, condition: Callable[[Scrape], bool], seconds: float = 15
+    exporter: Exporter,
+    condition: Callable[[Scrape], bool],
+    *,
+    header: float = 10.0,
+    seconds: float = 20,
 ) -> Scrape:
     """Scrape until the condition holds on a page; fail after `seconds`."""
     deadline = time.monotonic() + seconds
     while True:
-        scrape = await exporter.scrape()
+        scrape = await exporter.scrape(header=header)
         if condition(scrape):
             return scrape
         assert time.monotonic() < deadline, scrape.text[:2000]
         await asyncio.sleep(0.2)
 
 
+def answer(scrape: Scrape) -> float | None:
+    """Return pg_test_slow_answer, or None when the page has no such sample."""
+    found = scrape.find("pg_test_slow_answer")
+    return found[0].value if found else None
+
+
+# Answers what refresh_control says, after sleeping as long as it says.
+REFRESH_CONTROL = (
+    "CREATE TABLE refresh_control (answer int, seconds float8);"
+    " INSERT INTO refresh_control VALUES (%s, %s);"
+    " GRANT SELECT ON refresh_control TO PUBLIC"
+)
+SLOW_ANSWER = (
+    "SELECT (SELECT answer FROM refresh_control) AS answer"
+    " FROM pg_sleep((SELECT seconds FROM refresh_control))"
+)
+
+
 async def test_an_expired_slow_collector_refreshes_beyond_the_scrape_budget(
     pg: Server, database: str, tmp_path: Path, exporter_for: ExporterFactory
 ) -> None:
     # A ttl collector that becomes slower than a scrape's budget (sizes on a catalog that
-    # grew): run inline it would fail on every scrape; refreshed in the background it keeps
-    # its last answer until the new one is in, then serves that.
-    execute(
-        pg.admin(database),
-        "CREATE TABLE refresh_control (answer int, seconds float8);"
-        " INSERT INTO refresh_control VALUES (1, 0);"
-        " GRANT SELECT ON refresh_control TO PUBLIC",
-    )
-    query = (
-        "SELECT (SELECT answer FROM refresh_control) AS answer"
-        " FROM pg_sleep((SELECT seconds FROM refresh_control))"
-    )
-    ttl = 2
+    # grew): run inline it would fail on every scrape; refreshed in the background, to its
+    # own timeout, it keeps its last answer until the new one is in. Every scrape here has a
+    # 2 s budget and the query takes 3 s: only a background refresh can bring a new answer.
+    execute(pg.admin(database), REFRESH_CONTROL % (1, 0))
+    ttl = 5
     collectors = user_collectors(
         tmp_path,
         slow=gauge_collector(
-            "slow", query, gauges=("answer",), options=f"ttl = {ttl}\ntimeout = 20"
+            "slow", SLOW_ANSWER, gauges=("answer",), options=f"ttl = {ttl}\ntimeout = 6"
         ),
     )
     exporter = await exporter_for(pg.monitor(database), collectors)
     first = await exporter.scrape(header=2)
     stored = time.monotonic()
-    assert first.value("pg_test_slow_answer") == 1
+    assert answer(first) == 1
 
-    # Now the query takes 3 s, more than the 2 s scrapes below allow.
     execute(pg.admin(database), "UPDATE refresh_control SET answer = 2, seconds = 3")
     await asyncio.sleep(max(0.0, stored + ttl + 0.2 - time.monotonic()))
     refreshing = await exporter.scrape(header=2)
-    assert refreshing.value("pg_test_slow_answer") == 1
+    assert answer(refreshing) == 1
     assert refreshing.value("pg_exporter_collector_cached", collector="slow", datname="") == 1
     assert collector_errors(refreshing) == {}
-    fresh = await scrape_until(exporter, lambda s: s.find("pg_test_slow_answer")[0].value == 2)
+    fresh = await scrape_until(exporter, lambda s: answer(s) == 2, header=2)
+    assert fresh.value("pg_exporter_collector_cached", collector="slow", datname="") == 1
     assert collector_errors(fresh) == {}
 
-    # Stale for at most one more ttl (and not at all once a refresh has failed): then the
-    # scrapes run the query themselves and say why it fails, rather than serving the old
-    # value for ever.
+    # A refresh that fails (30 s against the collector's 6 s timeout) replaces the answer
+    # with its error: the old value is not served past a failure.
     execute(pg.admin(database), "UPDATE refresh_control SET answer = 3, seconds = 30")
     failing = await scrape_until(
-        exporter, lambda s: "slow/" in collector_errors(s), seconds=ttl * 2 + 25
+        exporter, lambda s: "slow/" in collector_errors(s), header=2, seconds=ttl + 15
     )
-    assert not failing.find("pg_test_slow_answer")
+    assert answer(failing) is None
     assert success(failing, "slow") == 0
+    assert "statement timeout" in collector_errors(failing)["slow/"]
+
+    # And the next background refresh brings it back.
+    execute(pg.admin(database), "UPDATE refresh_control SET answer = 4, seconds = 0")
+    back = await scrape_until(exporter, lambda s: answer(s) == 4, header=2, seconds=ttl + 15)
+    assert collector_errors(back) == {}
+
+
+async def test_a_ttl_collector_slower_than_the_budget_answers_from_the_background(
+    pg: Server, database: str, tmp_path: Path, exporter_for: ExporterFactory
+) -> None:
+    # Already slower than the budget when the exporter starts: the first scrape misses it,
+    # and its first answer is then computed in the background for the scrapes after.
+    execute(pg.admin(database), REFRESH_CONTROL % (7, 3))
+    collectors = user_collectors(
+        tmp_path,
+        slow=gauge_collector(
+            "slow", SLOW_ANSWER, gauges=("answer",), options="ttl = 60\ntimeout = 10"
+        ),
+    )
+    exporter = await exporter_for(pg.monitor(database), collectors)
+    first = await exporter.scrape(header=2)
+    assert collector_errors(first) == {"slow/": "scrape deadline exceeded"}
+    later = await scrape_until(exporter, lambda s: answer(s) == 7, header=2)
+    assert later.value("pg_exporter_collector_cached", collector="slow", datname="") == 1
+    assert await held(pg.admin(), exporter.application_name) <= exporter.bound
 
 
 async def test_deadline_yields_partial_results(
@@ -1136,7 +1175,11 @@ async def test_collector_waits_on_a_lock_held_by_another_session(
         holder.execute("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
         async with ConnectionWatch(admin, app) as watch:
             blocked = await exporter.scrape(header=header)
-            await settle(admin, app, sleeping=0, locked=0)  # no query left waiting behind
+            # No query of the scrape is left waiting behind it. When the deadline came first,
+            # table_sizes (a ttl collector) goes on in the background, alone, to its own
+            # timeouts: the lock's holder sees one waiting session, not one per scrape.
+            refreshing = int(lock_timeout > header)
+            await settle(admin, app, sleeping=0, locked=refreshing)
         assert blocked.value("pg_up") == 1
         assert success(blocked, "locked") == 0
         assert not blocked.find("pg_test_locked_value")
@@ -1148,8 +1191,8 @@ async def test_collector_waits_on_a_lock_held_by_another_session(
     finally:
         holder.rollback()
         holder.close()
-    released = await exporter.scrape(header=header)
-    assert collector_errors(released) == {}
+    # The background refresh gets the lock once it is released, and its answer is served.
+    released = await scrape_until(exporter, lambda s: collector_errors(s) == {}, header=header)
     assert released.value("pg_test_locked_value") == 3
     assert released.find("pg_table_heap_bytes", relname="locked")
 
