@@ -4,7 +4,8 @@ One PostgreSQL primary runs the :class:`tests.test_dashboards.Scenario` (a long-
 a session idle in a transaction holding a lock and one blocked on it, a table full of dead
 tuples, partitions that end in 12 hours, an invalid index, a nearly exhausted sequence, an
 idle replication slot, a slow statement run over and over) and has a streaming standby;
-PgBouncer sits in front with a saturated one-connection pool; sessions fill 95 % of
+PgBouncer sits in front with a saturated one-connection pool and clients near its
+max_client_conn; sessions fill 95 % of
 max_connections. The exporter (a subprocess, long_query_threshold_seconds = 2, plus one
 collector that always fails) serves the primary on /metrics and the standby, PgBouncer and a
 server that does not exist as /probe targets. Prometheus (Debian's /usr/bin/prometheus) scrapes
@@ -78,6 +79,12 @@ pytestmark = [
 ]
 
 
+#: PgBouncer's max_client_conn, and the idle clients the scenario opens through it: with the
+#: holder, the waiter and the exporter's console connections, above the alert's 85 %, and a
+#: few slots spare so that a new connection of the exporter is never refused.
+BOUNCER_MAX_CLIENTS = 40
+BOUNCER_IDLE_CLIENTS = 34
+
 #: (alert, severity) -> labels the firing alert must carry: what the scenario makes happen.
 EXPECTED_ALERTS: dict[tuple[str, str], dict[str, str]] = {
     ("PostgresDown", "critical"): {"instance": "gone"},
@@ -86,6 +93,7 @@ EXPECTED_ALERTS: dict[tuple[str, str], dict[str, str]] = {
     ("PostgresConnectionSaturation", "warning"): {"job": "postgres"},
     ("PostgresConnectionSaturation", "critical"): {"job": "postgres"},
     ("PgBouncerClientsWaiting", "warning"): {"instance": "pgbouncer", "database": DATABASE},
+    ("PgBouncerClientConnectionSaturation", "warning"): {"instance": "pgbouncer"},
     ("PostgresLongRunningQueries", "warning"): {"job": "postgres"},
     ("PostgresIdleInTransaction", "warning"): {"job": "postgres"},
     ("PostgresSlowQueries", "warning"): {"datname": DATABASE},
@@ -200,7 +208,7 @@ auth_file = {workdir}/userlist.txt
 stats_users = {MONITOR}
 pool_mode = transaction
 default_pool_size = 5
-max_client_conn = 50
+max_client_conn = {BOUNCER_MAX_CLIENTS}
 logfile = {run}/pgbouncer.log
 pidfile = {run}/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits
@@ -328,6 +336,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         wait_for("PgBouncer's server connection to be held", pool_held, time.monotonic() + 15)
         bouncer_session(bouncer, "pghe-bouncer-waiter", "SELECT 1", thread_errors)
+        # Idle clients of the other pool (they hold no server connection in transaction
+        # mode): PgBouncer's clients near max_client_conn.
+        idle_clients = bouncer.replace(f"dbname={DATABASE}", "dbname=postgres")
+        for _ in range(BOUNCER_IDLE_CLIENTS):
+            fill.append(psycopg.connect(idle_clients, application_name="pghe-bouncer-idle"))
 
         collectors = tmp / "collectors"
         collectors.mkdir()
