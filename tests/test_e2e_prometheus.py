@@ -5,9 +5,8 @@ a session idle in a transaction holding a lock and one blocked on it, a table fu
 tuples, partitions that end in 12 hours, an invalid index, a nearly exhausted sequence, an
 idle replication slot, a slow statement run over and over) and has a streaming standby;
 PgBouncer sits in front with a saturated one-connection pool and clients near its
-max_client_conn; sessions fill 95 % of
-max_connections. The exporter (a subprocess, long_query_threshold_seconds = 2, plus one
-collector that always fails) serves the primary on /metrics and the standby, PgBouncer and a
+max_client_conn; sessions fill 95 % of max_connections. The exporter (a subprocess,
+long_query_threshold_seconds = 2, plus one collector that always fails) serves the primary on /metrics and the standby, PgBouncer and a
 server that does not exist as /probe targets. Prometheus (Debian's /usr/bin/prometheus) scrapes
 it every 2 s with the example ``dashboards/prometheus.yml`` (its relabeling unchanged) and
 evaluates the shipped rules every second with every ``for`` shortened to 1 s.
