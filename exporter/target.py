@@ -49,6 +49,7 @@ SELECT current_setting('server_version_num')::int,
 EXTENSIONS_SQL = "SELECT extname FROM pg_extension"
 PREDICATE_FALSE = "predicate is false"
 LOGGED_ONCE_LIMIT = 10_000
+FAILED_REFRESH_RETRY_SECONDS = 30.0
 
 
 @dataclass
@@ -62,6 +63,7 @@ class CollectorRun:
     skipped: str | None = None
     duration: float = 0.0
     cached: bool = False
+    started: bool = False  # its query was sent (a run still queued at the deadline was not)
 
 
 @dataclass
@@ -381,8 +383,9 @@ class Target:
                 if run.output is None and run.error is None and run.skipped is None:
                     run.error = "scrape deadline exceeded"
                     # A ttl collector slower than the budget gets its first answer in the
-                    # background, as its later ones: a later scrape serves it.
-                    if query.spec.ttl > 0:
+                    # background, as its later ones: a later scrape serves it. One that
+                    # never started (its lane was behind others) tries inline again.
+                    if query.spec.ttl > 0 and run.started:
                         self._start_refresh(name, name == server.database, query, run.datname)
             runs.extend(database_runs)
         return runs
@@ -395,10 +398,13 @@ class Target:
         gone = [name for name in self._database_pools if name not in keep]
         for name in gone:
             await self._database_pools.pop(name).close()
-        if gone:
+        # Whether or not it had a pool (pools are replaced after an outage): a database that
+        # comes back must not be served an old answer.
+        if any(datname and datname not in keep for _, datname in self._cache):
             self._cache = {
                 key: entry for key, entry in self._cache.items() if key[1] in keep or not key[1]
             }
+        if any(datname and datname not in keep for _, datname in self._last_seconds):
             self._last_seconds = {
                 key: seconds
                 for key, seconds in self._last_seconds.items()
@@ -411,17 +417,22 @@ class Target:
         """Share one database's collectors among `lanes` connections, longest first."""
         if lanes < 2 or len(queries) < 2:
             return [(queries, runs)]
-        pairs = sorted(
-            zip(queries, runs, strict=True),
-            key=lambda pair: -self._last_seconds.get((pair[1].collector, pair[1].datname), 0.0),
-        )
+
+        def expected_seconds(run: CollectorRun) -> float:
+            key = (run.collector, run.datname)
+            # A collector with a ttl entry (or a refresh under way) costs the scrape nothing.
+            if key in self._cache or key in self._refreshing:
+                return 0.0
+            return self._last_seconds.get(key, 0.0)
+
+        pairs = sorted(zip(queries, runs, strict=True), key=lambda pair: -expected_seconds(pair[1]))
         loads = [0.0] * lanes
         split: list[tuple[list[PlannedQuery], list[CollectorRun]]] = [
             ([], []) for _ in range(lanes)
         ]
         for query, run in pairs:
             lane = loads.index(min(loads))
-            loads[lane] += self._last_seconds.get((run.collector, run.datname), 0.0) + 0.001
+            loads[lane] += expected_seconds(run) + 0.001
             split[lane][0].append(query)
             split[lane][1].append(run)
         return [lane for lane in split if lane[0]]
@@ -549,12 +560,18 @@ class Target:
                 run.error = f"internal error: {type(exc).__name__}: {self._describe(exc)}"
                 if self._first_time((spec.name, "refresh")):
                     log.exception("collector %s: background refresh failed", spec.name)
-        # Kept for the ttl from when it came in: a refresh slower than its ttl must not
-        # start the next one at once.
+        # Kept for the ttl from when it came in (a refresh slower than its ttl must not start
+        # the next one at once); a failure for less, as it may have been passing (a restart).
+        keep = min(spec.ttl, FAILED_REFRESH_RETRY_SECONDS) if run.error else spec.ttl
         self._cache[(spec.name, datname)] = _CacheEntry(
-            time.monotonic() + spec.ttl, run.output, run.skipped, run.error
+            time.monotonic() + keep, run.output, run.skipped, run.error
         )
         self._count_output(run)
+        if run.error:
+            self._count_error(run)  # once: the scrapes that serve it do not count it again
+
+    def _count_error(self, run: CollectorRun) -> None:
+        self._counters.errors[run.collector] = self._counters.errors.get(run.collector, 0) + 1
 
     def _count_output(self, run: CollectorRun) -> None:
         """Note a fresh run's duration and the series it dropped."""
@@ -598,6 +615,7 @@ class Target:
             run.skipped = f"extension {spec.requires_extension} not installed"
             return
         started = time.monotonic()
+        run.started = True
         key = (spec.name, run.datname)
         timeout = min(
             spec.timeout or self.settings.statement_timeout_seconds,
@@ -699,10 +717,8 @@ class Target:
         for run in runs:
             if not run.cached:
                 self._count_output(run)
-            if run.error:
-                self._counters.errors[run.collector] = (
-                    self._counters.errors.get(run.collector, 0) + 1
-                )
+            if run.error and not run.cached:
+                self._count_error(run)
             if run.error or run.skipped:
                 self._log_once(run)
         # The landing page needs each run's state, not its samples.

@@ -2,14 +2,15 @@
 
 One PostgreSQL primary runs the :class:`tests.test_dashboards.Scenario` (a long-running query,
 a session idle in a transaction holding a lock and one blocked on it, a table full of dead
-tuples, partitions that end in 12 hours, an invalid index, a nearly exhausted sequence, an
-idle replication slot, a slow statement run over and over) and has a streaming standby;
-PgBouncer sits in front with a saturated one-connection pool and clients near its
-max_client_conn; sessions fill 95 % of max_connections. The exporter (a subprocess,
-long_query_threshold_seconds = 2, plus one collector that always fails) serves the primary on /metrics and the standby, PgBouncer and a
-server that does not exist as /probe targets. Prometheus (Debian's /usr/bin/prometheus) scrapes
-it every 2 s with the example ``dashboards/prometheus.yml`` (its relabeling unchanged) and
-evaluates the shipped rules every second with every ``for`` shortened to 1 s.
+tuples, partitions that end in 12 hours, an invalid index, a nearly exhausted sequence, an idle
+replication slot, a slow statement run over and over) and has a streaming standby; PgBouncer
+sits in front with a saturated one-connection pool and clients near its max_client_conn;
+sessions fill 95 % of max_connections. The exporter (a subprocess, long_query_threshold_seconds
+= 2, plus one collector that always fails) serves the primary on /metrics and the standby,
+PgBouncer and a server that does not exist as /probe targets. Prometheus (Debian's
+/usr/bin/prometheus) scrapes it every 2 s with the example ``dashboards/prometheus.yml`` (its
+relabeling unchanged) and evaluates the shipped rules every second with every ``for`` shortened
+to 1 s.
 
 Then: every dashboard query returns data, every metric the dashboards and rules name has been
 scraped (standby and PgBouncer metrics included), and the alerts the scenario calls for fire.

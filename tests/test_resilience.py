@@ -1166,8 +1166,10 @@ async def test_collector_waits_on_a_lock_held_by_another_session(
             b_quick=QUICK,
         ),
     ]
+    # Three lanes: each collector has its own connection, so each meets the lock (none
+    # waits in a lane behind another).
     exporter = await exporter_for(
-        pg.monitor(database), collectors, lock_timeout_seconds=lock_timeout
+        pg.monitor(database), collectors, lock_timeout_seconds=lock_timeout, pool_size=3
     )
     admin, app = pg.admin(), exporter.application_name
     holder = psycopg.connect(pg.admin(database))
@@ -1180,6 +1182,10 @@ async def test_collector_waits_on_a_lock_held_by_another_session(
             # timeouts: the lock's holder sees one waiting session, not one per scrape.
             refreshing = int(lock_timeout > header)
             await settle(admin, app, sleeping=0, locked=refreshing)
+            if refreshing:
+                # Not a moment on the way down from two: it stays one.
+                await asyncio.sleep(1.0)
+                assert (await asyncio.to_thread(sessions, admin, app))[1:] == (0, 1)
         assert blocked.value("pg_up") == 1
         assert success(blocked, "locked") == 0
         assert not blocked.find("pg_test_locked_value")
@@ -1193,6 +1199,11 @@ async def test_collector_waits_on_a_lock_held_by_another_session(
         holder.close()
     # The background refresh gets the lock once it is released, and its answer is served.
     released = await scrape_until(exporter, lambda s: collector_errors(s) == {}, header=header)
+    if lock_timeout > header:  # from the background refresh, not a rerun in the scrape
+        cached = released.value(
+            "pg_exporter_collector_cached", collector="table_sizes", datname=database
+        )
+        assert cached == 1
     assert released.value("pg_test_locked_value") == 3
     assert released.find("pg_table_heap_bytes", relname="locked")
 
