@@ -35,6 +35,8 @@ def create_demo_database(server: LocalPostgres) -> str:
     dsn = server.dsn(DEMO_DATABASE)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        # Measured bloat (table_space) for a monitoring role without SELECT on the tables.
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
         conn.execute(schema_sql())
     return dsn
 

@@ -384,6 +384,58 @@ async def test_bloat_estimates_skip_cleanly_without_select_privilege(
     assert not result.find("pg_table_bloat_ratio", datname=database)
 
 
+async def test_table_space_measures_free_and_dead_space_with_pg_monitor_alone(
+    pg: Server, database: str
+) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE EXTENSION pgstattuple")
+        for table in ("churned", "vacuumed", "fresh", "small"):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (id int, pad text) WITH (autovacuum_enabled = off)"
+                ).format(sql.Identifier(table))
+            )
+            rows = 100 if table == "small" else 20000
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT g, repeat('x', 100) FROM generate_series(1, %s) g"
+                ).format(sql.Identifier(table)),
+                (rows,),
+            )
+        # Half the rows of two tables deleted: dead in one, vacuumed into free space in the other.
+        conn.execute("DELETE FROM churned WHERE id % 2 = 0")
+        conn.execute("DELETE FROM vacuumed WHERE id % 2 = 0")
+        conn.execute("VACUUM vacuumed")
+        conn.execute("ANALYZE churned")
+        conn.execute("ANALYZE fresh")
+        conn.execute("ANALYZE small")
+        heap = _one(conn, "SELECT pg_relation_size('churned')")
+    # No SELECT on the tables: pg_monitor's pg_stat_scan_tables may call pgstattuple_approx.
+    result = await scrape_async(pg.monitor(database))
+    assert result.collector_errors() == {}
+    labels = {"datname": database, "schemaname": "public"}
+
+    def value(metric: str, table: str) -> float:
+        return result.value(metric, relname=table, **labels)
+
+    # Half of each row-filled page is dead rows; VACUUM turns them into free space.
+    assert value("pg_table_dead_tuple_bytes", "churned") > 0.4 * heap
+    assert value("pg_table_reclaimable_ratio", "churned") == pytest.approx(0.5, abs=0.1)
+    assert value("pg_table_space_scanned_ratio", "churned") == 1  # nothing all-visible yet
+    assert value("pg_table_dead_tuple_bytes", "vacuumed") == 0
+    assert value("pg_table_free_space_bytes", "vacuumed") > 0.4 * heap
+    assert value("pg_table_reclaimable_ratio", "vacuumed") == pytest.approx(0.5, abs=0.1)
+    assert value("pg_table_reclaimable_ratio", "fresh") < 0.1
+    assert value("pg_table_live_tuple_bytes", "fresh") > 0.8 * heap
+    # Under 1 MiB: not worth a scan.
+    assert not result.find("pg_table_free_space_bytes", relname="small", **labels)
+
+
+async def test_table_space_skips_cleanly_without_the_extension(pg: Server, database: str) -> None:
+    result = await scrape_async(pg.monitor(database))
+    assert "pgstattuple not installed" in result.skipped()[f"table_space/{database}"]
+
+
 # ------------------------------------------------------------------- materialized views
 
 
