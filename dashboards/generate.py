@@ -113,6 +113,7 @@ def top_filter(expr: str, key: str, top: str) -> str:
 
 # --------------------------------------------------------------------------- overview
 
+RECLAIMABLE = f"(pg_table_free_space_bytes{{{ID}}} + pg_table_dead_tuple_bytes{{{ID}}})"
 TABLE_TOTAL = (
     f"(pg_table_heap_bytes{{{ID}}} + pg_table_indexes_bytes{{{ID}}} + pg_table_toast_bytes{{{ID}}})"
 )
@@ -559,6 +560,22 @@ TABLES_INDEXES = Dashboard(
                     Query(f"topk(10, pg_table_bloat_bytes{{{ID}}})", column="table bloat"),
                     Query(f"topk(10, pg_index_bloat_bytes{{{ID}}})", column="index bloat"),
                     unit="bytes",
+                ),
+                table(
+                    "Reclaimable space, top 10 tables (pgstattuple)",
+                    "Free space and dead rows of the largest tables, measured hourly by"
+                    " pgstattuple_approx (extension pgstattuple; pg_monitor is enough): what"
+                    " VACUUM FULL or pg_repack would give back.",
+                    Query(f"topk(10, {RECLAIMABLE})", column="reclaimable", unit="bytes"),
+                    Query(
+                        top_filter(
+                            f"pg_table_reclaimable_ratio{{{ID}}}",
+                            TABLE_KEY,
+                            f"topk(10, {RECLAIMABLE})",
+                        ),
+                        column="of the table",
+                    ),
+                    unit="percentunit",
                 ),
             ],
         ),

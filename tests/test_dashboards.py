@@ -289,6 +289,12 @@ CREATE TABLE ticket_events (id int, payload text) WITH (autovacuum_enabled = fal
 INSERT INTO ticket_events SELECT g, repeat('x', 50) FROM generate_series(1, 20000) g;
 DELETE FROM ticket_events;
 
+-- Half of an archive deleted: free space and dead rows that pgstattuple measures.
+CREATE EXTENSION IF NOT EXISTS pgstattuple;
+CREATE TABLE ticket_archive (id int, payload text) WITH (autovacuum_enabled = false);
+INSERT INTO ticket_archive SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g;
+DELETE FROM ticket_archive WHERE id % 2 = 0;
+
 -- Churn that autovacuum cleans up (on a server with a short autovacuum_naptime).
 CREATE TABLE comments (id int PRIMARY KEY, body text);
 INSERT INTO comments SELECT g, 'c' || g FROM generate_series(1, 2000) g;
@@ -322,7 +328,7 @@ INSERT INTO locked_jobs VALUES (1, 0);
 #: Run one by one: VACUUM cannot run in the implicit transaction of a multi-statement string.
 SCENARIO_MAINTENANCE = (
     "VACUUM ANALYZE tickets",
-    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats",
+    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats, ticket_archive",
 )
 
 APPLICATION_PREFIX = "pghe-scenario-"
