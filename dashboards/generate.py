@@ -577,6 +577,27 @@ TABLES_INDEXES = Dashboard(
                     ),
                     unit="percentunit",
                 ),
+                table(
+                    "Sparse btree indexes, top 10 (pgstatindex)",
+                    "Free space in the leaf pages of the largest btree indexes, measured hourly"
+                    " by pgstatindex (extension pgstattuple; pg_monitor is enough), and how full"
+                    " the leaves are: a fresh index is near its fillfactor (90 %); far below,"
+                    " REINDEX CONCURRENTLY gives space back.",
+                    Query(
+                        f"topk(10, pg_index_leaf_free_bytes{{{ID}}})",
+                        column="free in leaves",
+                        unit="bytes",
+                    ),
+                    Query(
+                        top_filter(
+                            f"pg_index_leaf_density_ratio{{{ID}}}",
+                            INDEX_KEY,
+                            f"topk(10, pg_index_leaf_free_bytes{{{ID}}})",
+                        ),
+                        column="leaf density",
+                    ),
+                    unit="percentunit",
+                ),
             ],
         ),
         Row(

@@ -289,10 +289,10 @@ CREATE TABLE ticket_events (id int, payload text) WITH (autovacuum_enabled = fal
 INSERT INTO ticket_events SELECT g, repeat('x', 50) FROM generate_series(1, 20000) g;
 DELETE FROM ticket_events;
 
--- Half of an archive deleted: free space and dead rows that pgstattuple measures.
+-- Half of an archive deleted and vacuumed: free space that pgstattuple measures.
 CREATE EXTENSION IF NOT EXISTS pgstattuple;
-CREATE TABLE ticket_archive (id int, payload text) WITH (autovacuum_enabled = false);
-INSERT INTO ticket_archive SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g;
+CREATE TABLE ticket_archive (id int PRIMARY KEY, payload text) WITH (autovacuum_enabled = false);
+INSERT INTO ticket_archive SELECT g, repeat('x', 100) FROM generate_series(1, 60000) g;
 DELETE FROM ticket_archive WHERE id % 2 = 0;
 
 -- Churn that autovacuum cleans up (on a server with a short autovacuum_naptime).
@@ -328,7 +328,9 @@ INSERT INTO locked_jobs VALUES (1, 0);
 #: Run one by one: VACUUM cannot run in the implicit transaction of a multi-statement string.
 SCENARIO_MAINTENANCE = (
     "VACUUM ANALYZE tickets",
-    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats, ticket_archive",
+    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats",
+    # Its dead rows become free space, which only VACUUM FULL (or pg_repack) gives back.
+    "VACUUM ANALYZE ticket_archive",
 )
 
 APPLICATION_PREFIX = "pghe-scenario-"

@@ -431,9 +431,50 @@ async def test_table_space_measures_free_and_dead_space_with_pg_monitor_alone(
     assert not result.find("pg_table_free_space_bytes", relname="small", **labels)
 
 
+async def test_index_space_measures_sparse_indexes_with_pg_monitor_alone(
+    pg: Server, database: str
+) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE EXTENSION pgstattuple")
+        for table, rows in (("thinned", 50000), ("fresh", 50000), ("small", 100)):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (id int PRIMARY KEY, n int) WITH (autovacuum_enabled = off)"
+                ).format(sql.Identifier(table))
+            )
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT g, g FROM generate_series(1, %s) g").format(
+                    sql.Identifier(table)
+                ),
+                (rows,),
+            )
+        # 80 % of the keys gone from every leaf page: VACUUM empties them but keeps the pages.
+        conn.execute("DELETE FROM thinned WHERE id % 5 <> 0")
+        conn.execute("VACUUM thinned")
+        conn.execute("ANALYZE fresh")
+        conn.execute("ANALYZE small")
+        index_size = _one(conn, "SELECT pg_relation_size('thinned_pkey')")
+    result = await scrape_async(pg.monitor(database))
+    assert result.collector_errors() == {}
+    labels = {"datname": database, "schemaname": "public"}
+
+    def value(metric: str, index: str) -> float:
+        return result.value(metric, indexrelname=index, **labels)
+
+    assert value("pg_index_leaf_density_ratio", "thinned_pkey") < 0.4
+    assert value("pg_index_leaf_free_bytes", "thinned_pkey") > 0.5 * index_size
+    assert value("pg_index_leaf_density_ratio", "fresh_pkey") > 0.8
+    assert value("pg_index_leaf_fragmentation_ratio", "fresh_pkey") < 0.1
+    (sample,) = result.find("pg_index_leaf_density_ratio", indexrelname="thinned_pkey")
+    assert sample.labels["relname"] == "thinned"
+    # Under 1 MiB: not worth reading.
+    assert not result.find("pg_index_leaf_density_ratio", indexrelname="small_pkey", **labels)
+
+
 async def test_table_space_skips_cleanly_without_the_extension(pg: Server, database: str) -> None:
     result = await scrape_async(pg.monitor(database))
     assert "pgstattuple not installed" in result.skipped()[f"table_space/{database}"]
+    assert "pgstattuple not installed" in result.skipped()[f"index_space/{database}"]
 
 
 # ------------------------------------------------------------------- materialized views
