@@ -22,6 +22,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psycopg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scrape_bench import BENCH_ROLES, Log, Scenario, build_server
@@ -68,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = build_server(Scenario(args.tables, 1), 1000, None, log)
     try:
         database = server.databases[0]
+        with psycopg.connect(server.dsn(database), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pgstattuple")  # table_space, index_space
         monitor = next(iter(BENCH_ROLES.values()))
         print(f"PostgreSQL {server.version_num}, {args.tables:,} tables x 3 indexes")
         for title, dsn in (

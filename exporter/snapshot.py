@@ -130,6 +130,9 @@ class RowRenderer:
             also = spec.columns[missing[0]].aliases
             named = f" (nor {', '.join(also)})" if also else ""
             raise CollectorFailed(f"query returned no column {missing[0]!r}{named}")
+        twice = [name for name in declared if column_names.count(name) > 1]
+        if twice:
+            raise CollectorFailed(f"query returned column {twice[0]!r} twice (or with an alias)")
         extra = [name for name in column_names if name not in declared]
         if extra and not spec.ignore_extra_columns:
             raise CollectorFailed(f"query returned undeclared column {extra[0]!r}")

@@ -139,10 +139,11 @@ class Target:
         self._database_pools: dict[str, AsyncConnectionPool] = {}
         self._parallel = asyncio.Semaphore(settings.pool_size)
         self._cache: dict[tuple[str, str], _CacheEntry] = {}
-        # Expired ttl entries being refreshed in the background, one at a time per target
-        # (on a connection of their own: at most one more than the pools).
+        # Expired ttl entries being refreshed in the background, on connections of their own:
+        # one at a time among collectors that keep to the session's statement_timeout, one at
+        # a time among those allowed longer (an hour-long scan must not hold up table sizes).
         self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._refresh_slot = asyncio.Semaphore(1)
+        self._refresh_slots = {"quick": asyncio.Semaphore(1), "slow": asyncio.Semaphore(1)}
         # Every collector's error counter exists from the start, so increase() sees the first.
         self._counters = _Counters(errors={spec.name: 0 for spec in self.collectors})
         self._inflight: asyncio.Task[Snapshot] | None = None
@@ -190,9 +191,14 @@ class Target:
 
     def connection_bound(self) -> int:
         """Return the most connections this target may hold at once."""
-        # A ttl collector's background refresh takes one connection of its own.
-        refresh = any(spec.ttl > 0 for spec in self.collectors) and not self.pgbouncer
-        return self.settings.pool_size + self.settings.max_databases + int(refresh)
+        # Background refreshes take connections of their own, one per slot in use.
+        slots = set() if self.pgbouncer else {self._slot_of(s) for s in self.collectors if s.ttl}
+        return self.settings.pool_size + self.settings.max_databases + len(slots)
+
+    def _slot_of(self, spec: CollectorSpec) -> str:
+        """Return the refresh slot of a ttl collector: by the timeout it may run to."""
+        timeout = spec.timeout or self.settings.statement_timeout_seconds
+        return "slow" if timeout > self.settings.statement_timeout_seconds else "quick"
 
     async def scrape(self, timeout: float) -> Snapshot:
         """Collect, or join the collection in flight; never wait past this scrape's budget."""
@@ -531,7 +537,8 @@ class Target:
         key = (query.spec.name, run.datname)
         if key not in self._refreshing:
             return False
-        run.error = "slower than the scrape budget: its answer is being computed in the background"
+        # Not an error (yet): the refresh will store its answer or its error.
+        run.skipped = "slower than the scrape budget: first answer being computed in the background"
         return True
 
     async def _refresh(self, database: str, main: bool, query: PlannedQuery, datname: str) -> None:
@@ -539,7 +546,8 @@ class Target:
         outcome, whatever it is, for the collector's ttl."""
         spec = query.spec
         run = CollectorRun(spec.name, datname)
-        async with self._refresh_slot:
+        async with self._refresh_slots[self._slot_of(spec)]:
+            started = time.monotonic()
             budget = (spec.timeout or self.settings.statement_timeout_seconds) + 1.0
             conninfo = self._dsn if main else make_conninfo(self._dsn, dbname=database)
             try:
@@ -561,8 +569,12 @@ class Target:
                 if self._first_time((spec.name, "refresh")):
                     log.exception("collector %s: background refresh failed", spec.name)
         # Kept for the ttl from when it came in (a refresh slower than its ttl must not start
-        # the next one at once); a failure for less, as it may have been passing (a restart).
-        keep = min(spec.ttl, FAILED_REFRESH_RETRY_SECONDS) if run.error else spec.ttl
+        # the next one at once). A failure for less, as it may have been passing (a restart),
+        # but the longer it took, the longer: a scan that times out is not rerun every 30 s.
+        keep = spec.ttl
+        if run.error:
+            took = time.monotonic() - started
+            keep = min(spec.ttl, max(FAILED_REFRESH_RETRY_SECONDS, 4 * took))
         self._cache[(spec.name, datname)] = _CacheEntry(
             time.monotonic() + keep, run.output, run.skipped, run.error
         )

@@ -388,7 +388,11 @@ async def test_table_space_measures_free_and_dead_space_with_pg_monitor_alone(
     pg: Server, database: str
 ) -> None:
     with connect(pg.admin(database)) as conn:
-        conn.execute("CREATE EXTENSION pgstattuple")
+        # In a schema of its own, off the monitoring role's search_path.
+        conn.execute("CREATE SCHEMA pgstats")
+        conn.execute("CREATE EXTENSION pgstattuple SCHEMA pgstats")
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgstats TO {}").format(
+            sql.Identifier(MONITOR_ROLE)))  # fmt: skip
         for table in ("churned", "vacuumed", "fresh", "small"):
             conn.execute(
                 sql.SQL(

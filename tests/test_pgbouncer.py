@@ -419,12 +419,17 @@ async def test_settings_are_the_limits_pgbouncer_runs_with(
     assert result.value("pgbouncer_settings_value", name="max_client_conn") == MAX_CLIENT_CONN
     assert result.value("pgbouncer_settings_value", name="default_pool_size") == POOL_SIZE
     assert result.value("pgbouncer_settings_value", name="reserve_pool_size") == RESERVE_POOL_SIZE
-    assert result.value("pgbouncer_settings_value", name="reserve_pool_timeout") == 600
-    assert result.value("pgbouncer_settings_value", name="query_timeout") == 0
-    # Only the numeric settings the collector lists: pool_mode, auth_file... are text.
-    (spec,) = (c for c in CATALOG.collectors if c.name == "pgbouncer_settings")
-    names = {sample.labels["name"] for sample in result.find("pgbouncer_settings_value")}
-    assert names == set(spec.keep_rows["key"])
+    assert result.value("pgbouncer_settings_seconds", name="reserve_pool_timeout") == 600
+    assert result.value("pgbouncer_settings_seconds", name="query_timeout") == 0
+    assert result.value("pgbouncer_settings_seconds", name="server_idle_timeout") == 600
+    # Only the settings each collector lists: pool_mode, auth_file... are text.
+    for collector, metric in (
+        ("pgbouncer_settings", "pgbouncer_settings_value"),
+        ("pgbouncer_timeouts", "pgbouncer_settings_seconds"),
+    ):
+        (spec,) = (c for c in CATALOG.collectors if c.name == collector)
+        names = {sample.labels["name"] for sample in result.find(metric)}
+        assert names == set(spec.keep_rows["key"])
 
     # The saturation the dashboards and alerts compute: clients against max_client_conn.
     clients = [psycopg.connect(bouncer.app_dsn(), autocommit=True) for _ in range(4)]
@@ -474,6 +479,7 @@ async def test_bouncer_target_runs_every_pgbouncer_collector(
         "pgbouncer_databases",
         "pgbouncer_lists",
         "pgbouncer_settings",
+        "pgbouncer_timeouts",
     }
     result = await exporter.probe()
     assert result.collector_errors() == {}

@@ -134,6 +134,10 @@ def test_a_column_may_come_back_under_an_alias() -> None:
     for name in ("c", "c_old", "c_older"):
         output = RowRenderer(aliased, ["schema", "rel", "n", name, "ms", "skip"]).render(rows)
         assert output.families[1].lines == ['t_c_total{schema="s",rel="r"} 5\n']
+    with pytest.raises(CollectorFailed, match="column 'c' twice"):
+        RowRenderer(aliased, ["schema", "rel", "n", "c", "c_old", "ms", "skip"])
+    with pytest.raises(CollectorFailed, match="column 'n' twice"):
+        RowRenderer(aliased, ["schema", "rel", "n", "n", "c", "ms", "skip"])
     with pytest.raises(CollectorFailed, match=r"no column 'c' \(nor c_old, c_older\)"):
         RowRenderer(aliased, ["schema", "rel", "n", "c_new", "ms", "skip"])
 
