@@ -289,11 +289,12 @@ CREATE TABLE ticket_events (id int, payload text) WITH (autovacuum_enabled = fal
 INSERT INTO ticket_events SELECT g, repeat('x', 50) FROM generate_series(1, 20000) g;
 DELETE FROM ticket_events;
 
--- Half of an archive deleted and vacuumed: free space that pgstattuple measures.
+-- An archive (and its primary key) large enough for pgstattuple to measure. No rows deleted:
+-- VACUUM could not be relied on to clear them (a standby's feedback may hold them), and
+-- the dead-tuple alert must name ticket_events alone.
 CREATE EXTENSION IF NOT EXISTS pgstattuple;
-CREATE TABLE ticket_archive (id int PRIMARY KEY, payload text) WITH (autovacuum_enabled = false);
+CREATE TABLE ticket_archive (id int PRIMARY KEY, payload text);
 INSERT INTO ticket_archive SELECT g, repeat('x', 100) FROM generate_series(1, 60000) g;
-DELETE FROM ticket_archive WHERE id % 2 = 0;
 
 -- Churn that autovacuum cleans up (on a server with a short autovacuum_naptime).
 CREATE TABLE comments (id int PRIMARY KEY, body text);
@@ -328,9 +329,7 @@ INSERT INTO locked_jobs VALUES (1, 0);
 #: Run one by one: VACUUM cannot run in the implicit transaction of a multi-statement string.
 SCENARIO_MAINTENANCE = (
     "VACUUM ANALYZE tickets",
-    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats",
-    # Its dead rows become free space, which only VACUUM FULL (or pg_repack) gives back.
-    "VACUUM ANALYZE ticket_archive",
+    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats, ticket_archive",
 )
 
 APPLICATION_PREFIX = "pghe-scenario-"
