@@ -406,16 +406,9 @@ class Target:
             await self._database_pools.pop(name).close()
         # Whether or not it had a pool (pools are replaced after an outage): a database that
         # comes back must not be served an old answer.
-        if any(datname and datname not in keep for _, datname in self._cache):
-            self._cache = {
-                key: entry for key, entry in self._cache.items() if key[1] in keep or not key[1]
-            }
-        if any(datname and datname not in keep for _, datname in self._last_seconds):
-            self._last_seconds = {
-                key: seconds
-                for key, seconds in self._last_seconds.items()
-                if key[1] in keep or not key[1]
-            }
+        for by_run in (self._cache, self._last_seconds):
+            for key in [key for key in by_run if key[1] and key[1] not in keep]:
+                del by_run[key]
 
     def _split_lanes(
         self, queries: list[PlannedQuery], runs: list[CollectorRun], lanes: int
@@ -564,10 +557,7 @@ class Target:
             except psycopg.Error as exc:
                 run.error = run.error or self._describe(exc)
             except Exception as exc:
-                # As in _run_one: a surprise is this collector's error, never a silent one.
-                run.error = f"internal error: {type(exc).__name__}: {self._describe(exc)}"
-                if self._first_time((spec.name, "refresh")):
-                    log.exception("collector %s: background refresh failed", spec.name)
+                self._surprise(run, exc)
         # Kept for the ttl from when it came in (a refresh slower than its ttl must not start
         # the next one at once). A failure for less, as it may have been passing (a restart),
         # but the longer it took, the longer: a scan that times out is not rerun every 30 s.
@@ -651,11 +641,7 @@ class Target:
             if conn.closed or conn.broken:
                 raise
         except Exception as exc:
-            # One collector's surprise (a value psycopg cannot decode, say) must not sink the
-            # others or the page: it is that collector's error, logged once with its trace.
-            run.error = f"internal error: {type(exc).__name__}: {self._describe(exc)}"
-            if self._first_time((run.collector, "internal")):
-                log.exception("collector %s failed unexpectedly", run.collector)
+            self._surprise(run, exc)
         finally:
             run.duration = time.monotonic() - started
         # A predicate that said no is as stable as the answer: both keep for the ttl.
@@ -693,6 +679,16 @@ class Target:
             params = self.settings.sql_parameters() if "%(" in query.sql else None
             await cursor.execute(query.sql, params)
             return cursor.description, await cursor.fetchall()
+
+    def _surprise(self, run: CollectorRun, exc: Exception) -> None:
+        """Make an unexpected exception the collector's error, logged once with its trace.
+
+        One collector's surprise (a value psycopg cannot decode, say) must not sink the others
+        or the page, nor pass in silence.
+        """
+        run.error = f"internal error: {type(exc).__name__}: {self._describe(exc)}"
+        if self._first_time((run.collector, "internal")):
+            log.exception("collector %s failed unexpectedly", run.collector)
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
