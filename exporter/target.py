@@ -128,6 +128,10 @@ class Target:
             "autocommit": True,
             "application_name": settings.application_name,
             "connect_timeout": max(1, round(settings.connect_timeout_seconds)),
+            # No server-side prepared statements: psycopg would prepare a query run five times
+            # on a connection, which PgBouncer's admin console refuses (it closes the
+            # connection) and which a DSN through PgBouncer in transaction mode breaks.
+            "prepare_threshold": None,
         }
         if not self.pgbouncer:
             self._connect_kwargs["options"] = (

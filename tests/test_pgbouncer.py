@@ -470,6 +470,18 @@ async def test_bouncer_target_runs_no_postgres_collector(
     assert MONITOR_PASSWORD not in page
 
 
+async def test_the_console_keeps_answering_scrape_after_scrape(
+    bouncer: Bouncer, exporter: Exporter
+) -> None:
+    # psycopg prepares a statement run five times on one connection by default; the admin
+    # console refuses the extended protocol and drops the connection.
+    for _ in range(12):
+        result = await exporter.probe()
+        assert result.value("pg_up") == 1
+        assert result.collector_errors() == {}
+    assert "extended query protocol" not in bouncer.log_tail()
+
+
 async def test_bouncer_target_runs_every_pgbouncer_collector(
     bouncer: Bouncer, exporter: Exporter
 ) -> None:
