@@ -32,6 +32,23 @@ def _setting(conn: psycopg.Connection[tuple[Any, ...]], name: str) -> float:
     return float(_one(conn, f"SELECT current_setting('{name}')"))
 
 
+def _filled_table(
+    conn: psycopg.Connection[tuple[Any, ...]], table: str, columns: str, row: str, rows: int
+) -> None:
+    """Create a table out of autovacuum's way (its dead rows stay) with `rows` rows of `row`,
+    an expression list over g = 1..rows."""
+    conn.execute(
+        sql.SQL("CREATE TABLE {} ({}) WITH (autovacuum_enabled = off)").format(
+            sql.Identifier(table), sql.SQL(columns)
+        )
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT {} FROM generate_series(1, {}) g").format(
+            sql.Identifier(table), sql.SQL(row), sql.Literal(rows)
+        )
+    )
+
+
 def _grant_select(conn: psycopg.Connection[tuple[Any, ...]], *relations: str) -> None:
     conn.execute(
         sql.SQL("GRANT SELECT ON {} TO {}").format(
@@ -334,17 +351,12 @@ async def test_bloat_estimates_tell_a_bloated_table_from_a_fresh_one(
 ) -> None:
     with connect(pg.admin(database)) as conn:
         for table in ("bloated", "fresh"):
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (id int PRIMARY KEY, title text, n bigint, note text)"
-                    " WITH (autovacuum_enabled = off)"
-                ).format(sql.Identifier(table))
-            )
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} SELECT g, md5(g::text), g,"
-                    " CASE WHEN g % 3 = 0 THEN NULL ELSE 'n' END FROM generate_series(1, 50000) g"
-                ).format(sql.Identifier(table))
+            _filled_table(
+                conn,
+                table,
+                "id int PRIMARY KEY, title text, n bigint, note text",
+                "g, md5(g::text), g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'n' END",
+                50000,
             )
         # 80% of the rows, spread over every page: VACUUM frees the space but cannot give it back.
         conn.execute("DELETE FROM bloated WHERE id % 5 <> 0")
@@ -394,18 +406,8 @@ async def test_table_space_measures_free_and_dead_space_with_pg_monitor_alone(
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgstats TO {}").format(
             sql.Identifier(MONITOR_ROLE)))  # fmt: skip
         for table in ("churned", "vacuumed", "fresh", "small"):
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (id int, pad text) WITH (autovacuum_enabled = off)"
-                ).format(sql.Identifier(table))
-            )
             rows = 100 if table == "small" else 20000
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} SELECT g, repeat('x', 100) FROM generate_series(1, %s) g"
-                ).format(sql.Identifier(table)),
-                (rows,),
-            )
+            _filled_table(conn, table, "id int, pad text", "g, repeat('x', 100)", rows)
         # Half the rows of two tables deleted: dead in one, vacuumed into free space in the other.
         conn.execute("DELETE FROM churned WHERE id % 2 = 0")
         conn.execute("DELETE FROM vacuumed WHERE id % 2 = 0")
@@ -441,17 +443,7 @@ async def test_index_space_measures_sparse_indexes_with_pg_monitor_alone(
     with connect(pg.admin(database)) as conn:
         conn.execute("CREATE EXTENSION pgstattuple")
         for table, rows in (("thinned", 50000), ("fresh", 50000), ("small", 100)):
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (id int PRIMARY KEY, n int) WITH (autovacuum_enabled = off)"
-                ).format(sql.Identifier(table))
-            )
-            conn.execute(
-                sql.SQL("INSERT INTO {} SELECT g, g FROM generate_series(1, %s) g").format(
-                    sql.Identifier(table)
-                ),
-                (rows,),
-            )
+            _filled_table(conn, table, "id int PRIMARY KEY, n int", "g, g", rows)
         # 80 % of the keys gone from every leaf page: VACUUM empties them but keeps the pages.
         conn.execute("DELETE FROM thinned WHERE id % 5 <> 0")
         conn.execute("VACUUM thinned")
