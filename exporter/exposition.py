@@ -26,9 +26,74 @@ GZIP_WBITS = 31
 
 
 def wants_openmetrics(accept: str | None) -> bool:
-    """Tell whether the client asked for OpenMetrics, by prometheus_client's own rules."""
-    _, content_type = text_format.choose_encoder(accept or "")
-    return content_type.startswith("application/openmetrics-text")
+    """Tell whether the client asked for OpenMetrics, by prometheus_client's rules.
+
+    The first media range that decides wins: `application/openmetrics-text` without a
+    version or with version 1.0.0 or later means OpenMetrics, `text/plain` with version
+    1.0.0 or later means text; anything else is passed over, and text is the default.
+    Unlike prometheus_client's `choose_encoder` (which raises TypeError on them), a version
+    that is not a dotted number, such as `version=abc` or `version=1.x`, is passed over, never
+    an error; and `q=0`, "not this one", is honoured.
+
+    >>> wants_openmetrics("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    True
+    >>> wants_openmetrics("application/openmetrics-text; version=0.0.1")
+    False
+    >>> wants_openmetrics("text/plain;version=1.0.0,application/openmetrics-text")
+    False
+    >>> wants_openmetrics("application/openmetrics-text; version=abc")
+    False
+    >>> wants_openmetrics("text/plain;version=1.x, application/openmetrics-text")
+    True
+    >>> wants_openmetrics("application/openmetrics-text;q=0"), wants_openmetrics(None)
+    (False, False)
+    """
+    for media_range in (accept or "").split(","):
+        media_type, *parameters = media_range.split(";")
+        kind = media_type.strip().lower()
+        if kind not in ("application/openmetrics-text", "text/plain"):
+            continue
+        values = dict(_parameter(parameter) for parameter in parameters)
+        if _quality(values.get("q", "1")) == 0:
+            continue
+        version = _version(values.get("version"))
+        if kind == "application/openmetrics-text" and "version" not in values:
+            return True
+        if version is not None and version >= (1, 0, 0):
+            return kind == "application/openmetrics-text"
+    return False
+
+
+def _parameter(text: str) -> tuple[str, str]:
+    name, _, value = text.partition("=")
+    return name.strip().lower(), value.strip().strip('"')
+
+
+def _quality(text: str) -> float:
+    """Read a q value; one that is not a number counts as 1, as if absent.
+
+    >>> _quality("0"), _quality("0.5"), _quality("x"), _quality("nan")
+    (0.0, 0.5, 1.0, 1.0)
+    """
+    try:
+        quality = float(text)
+    except ValueError:
+        return 1.0
+    return quality if 0 <= quality <= 1 else 1.0
+
+
+def _version(text: str | None) -> tuple[int, ...] | None:
+    """Read a dotted version number; None when absent or not one.
+
+    >>> _version("1.0.0"), _version("0.0.4"), _version("abc"), _version("1.x"), _version("")
+    ((1, 0, 0), (0, 0, 4), None, None, None)
+    """
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return None
 
 
 def wants_gzip(accept_encoding: str | None) -> bool:

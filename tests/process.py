@@ -1,0 +1,149 @@
+"""An exporter run as its own process, as an operator runs it: its log, its memory, its limits."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+# Sets the open-file limit inside the child itself, then runs the exporter's command line.
+_LIMITED = """\
+import resource, runpy, sys
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+sys.argv[0] = "pg-health-exporter"
+runpy.run_module("exporter", run_name="__main__")
+"""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ExporterProcess:
+    """A running exporter: where it listens, its process and its log file."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        """Return everything the exporter wrote to stdout and stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def rss_bytes(self) -> int:
+        """Return the exporter's resident memory now."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/PID/status")
+
+    def open_files(self) -> int:
+        """Return how many file descriptors the exporter holds now."""
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = None, *, timeout: float = 30
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one GET on a fresh connection; return status, headers and body."""
+        return self.request("GET", path, headers, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        *,
+        timeout: float = 30,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request on a fresh connection; return status, headers and body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in (headers or {}).items():
+                conn.putheader(name, value)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+
+def _wait_until_serving(exporter: ExporterProcess, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if exporter.process.poll() is not None:
+            raise AssertionError(
+                f"exporter exited with {exporter.process.returncode}:\n{exporter.log()}"
+            )
+        try:
+            status, _, _ = exporter.get("/healthz", timeout=2)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        if status == 200:
+            return
+    raise AssertionError(f"exporter did not serve within the deadline:\n{exporter.log()}")
+
+
+@contextmanager
+def exporter_process(
+    log_dir: Path,
+    *,
+    dsn: str | None,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    open_files: int | None = None,
+) -> Iterator[ExporterProcess]:
+    """Run `pg-health-exporter` on a free port of 127.0.0.1 until the block ends.
+
+    `open_files` sets RLIMIT_NOFILE (soft and hard) in the child, as systemd's LimitNOFILE
+    would. The process is stopped with SIGTERM (then SIGKILL) afterwards.
+    """
+    port = free_port()
+    log_path = log_dir / f"exporter-{port}.log"
+    command = [sys.executable]
+    if open_files is not None:
+        command += ["-c", _LIMITED, str(open_files)]
+    else:
+        command += ["-m", "exporter"]
+    command += ["--web.listen-address", f"127.0.0.1:{port}", *args]
+    child_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": "/tmp",
+        "PYTHONPATH": str(REPOSITORY),
+        **({"DATA_SOURCE_NAME": dsn} if dsn is not None else {}),
+        **(env or {}),
+    }
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPOSITORY
+        )
+    exporter = ExporterProcess(process, port, log_path)
+    try:
+        _wait_until_serving(exporter, time.monotonic() + 30)
+        yield exporter
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
