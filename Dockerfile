@@ -24,6 +24,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
 COPY queries/ queries/
+COPY docs/ docs/
 # --only-binary: no compiler in this image, and none needed (the project itself is built
 # from source by setuptools, pure Python). pip compiles the bytecode, so the runtime user
 # never needs to write any. check-config proves the catalog is inside the installed package.

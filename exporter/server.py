@@ -23,6 +23,7 @@ from exporter.exposition import (
     wants_openmetrics,
 )
 from exporter.fleet import Fleet
+from exporter.runbook import runbook_page
 from exporter.settings import Settings
 from exporter.target import CollectorRun, Snapshot, Target
 from exporter.webconfig import BasicAuth, WebConfig
@@ -171,6 +172,11 @@ async def landing(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
+async def runbook(request: web.Request) -> web.Response:
+    """Serve docs/runbook.md as HTML: the target of every runbook link by default."""
+    return web.Response(text=runbook_page(), content_type="text/html")
+
+
 def build_app(
     settings: Settings, fleet: Fleet | Target, web_config: WebConfig | None = None
 ) -> web.Application:
@@ -201,4 +207,5 @@ def build_app(
     app.router.add_get("/probe", probe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/runbook", runbook)
     return app

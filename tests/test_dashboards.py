@@ -646,7 +646,7 @@ def test_every_alert_has_for_severity_and_annotations() -> None:
         assert set(annotations) == {"summary", "description", "runbook_url"}, name
         assert len(annotations["description"]) > 100, f"{name}: say what to do"
         url = annotations["runbook_url"]
-        assert url.endswith(f"/docs/runbook.md#{name.lower()}"), f"{name}: {url}"
+        assert url.endswith(f"/runbook#{name.lower()}"), f"{name}: {url}"
         assert name in sections, f"docs/runbook.md has no section '## {name}'"
     assert sections == seen, f"runbook sections without an alert: {sorted(sections - seen)}"
     # One base for every link, so moving the repository is one substitution.

@@ -1,0 +1,1 @@
+"""Documentation shipped in the package: the exporter serves runbook.md at /runbook."""
