@@ -183,10 +183,11 @@ def build_app(
     """Build the application; the targets' pools open and close with it."""
     if isinstance(fleet, Target):
         fleet = Fleet(default=fleet, named={})
-    middlewares = []
-    if web_config is not None and web_config.basic_auth_users:
-        middlewares.append(BasicAuth(web_config.basic_auth_users).middleware)
-    app = web.Application(middlewares=middlewares)
+    users = web_config.basic_auth_users if web_config is not None else {}
+    auth = BasicAuth(users) if users else None
+    app = web.Application(middlewares=[auth.middleware] if auth is not None else [])
+    if auth is not None:
+        app.on_cleanup.append(auth.on_cleanup)
     app[SETTINGS] = settings
     app[FLEET] = fleet
     registry = CollectorRegistry(auto_describe=True)

@@ -19,8 +19,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 import ssl
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -70,7 +72,19 @@ class WebConfig(BaseModel):
         for user, hashed in users.items():
             if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
                 raise ValueError(f"user {user!r}: not a bcrypt hash")
+            if not 4 <= bcrypt_cost(hashed) <= 31:
+                raise ValueError(f"user {user!r}: bcrypt cost must be 4 to 31")
         return users
+
+
+def bcrypt_cost(hashed: str) -> int:
+    """Return the cost of a bcrypt hash ('$2b$12$...' -> 12); 0 if it has none.
+
+    >>> bcrypt_cost("$2b$12$" + 53 * "x"), bcrypt_cost("$2b$xx$")
+    (12, 0)
+    """
+    digits = hashed[4:6]
+    return int(digits) if digits.isdigit() and hashed[6:7] == "$" else 0
 
 
 def load_web_config(path: Path) -> WebConfig:
@@ -111,39 +125,69 @@ def ssl_context(tls: TLSServerConfig, source: Path) -> ssl.SSLContext:
 
 
 class BasicAuth:
-    """Check basic auth against bcrypt hashes, remembering passwords already verified.
+    """Check basic auth against bcrypt hashes as exporter-toolkit does, and cheaply for scrapes.
 
-    bcrypt is slow on purpose (tens of milliseconds); Prometheus sends the same credentials on
-    every scrape, so a verified pair is remembered by a keyed digest, never in clear.
+    - An unknown user costs one bcrypt check against a dummy hash of the same cost as the
+      slowest configured one, so the time of an answer does not tell which users exist.
+    - Successes are remembered by a keyed digest of user and password (never the password
+      itself): Prometheus sends the same credentials on every scrape and pays bcrypt once.
+      Failures are not remembered, so a wrong password can never become a remembered one.
+    - bcrypt (tens of milliseconds of CPU on purpose) runs off the event loop, one check at a
+      time on a thread of its own: a flood of wrong passwords waits its turn and takes at most
+      one core, while scrapes with remembered credentials and page encoding (on the default
+      executor) go on. The connection bound of the HTTP server bounds that queue.
     """
 
-    def __init__(self, users: dict[str, str]) -> None:
-        self._users = users
-        self._verified: set[tuple[str, bytes]] = set()
-        self._key = bcrypt.gensalt()
+    # Successes remembered at most; cleared when full (only right passwords get there).
+    MAX_REMEMBERED = 1024
 
-    def _digest(self, password: str) -> bytes:
-        return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = {user: hashed.encode() for user, hashed in users.items()}
+        self._key = secrets.token_bytes(32)
+        self._verified: set[bytes] = set()
+        cost = max((bcrypt_cost(hashed) for hashed in users.values()), default=10)
+        self._dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(rounds=cost))
+        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
+
+    def _digest(self, user: str, password: bytes) -> bytes:
+        message = user.encode("utf-8", "surrogateescape") + b"\0" + password
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    @staticmethod
+    def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
+        try:
+            return bcrypt.checkpw(password, hashed)
+        except ValueError:  # bcrypt 5 refuses passwords over 72 bytes, for any user alike
+            return False
 
     async def check(self, header: str | None) -> bool:
         """Tell whether an Authorization header carries valid credentials."""
         if not header or not header.startswith("Basic "):
             return False
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            decoded = base64.b64decode(header[6:], validate=True)
+        except binascii.Error:
             return False
+        raw_user, _, password = decoded.partition(b":")
+        user = raw_user.decode("utf-8", "surrogateescape")
+        digest = self._digest(user, password)
+        if digest in self._verified:
+            return True
         hashed = self._users.get(user)
-        if hashed is None:
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(
+            self._checks, self._bcrypt_matches, password, self._dummy if hashed is None else hashed
+        )
+        if not (matches and hashed is not None):
             return False
-        key = (user, self._digest(password))
-        if key in self._verified:
-            return True
-        # bcrypt takes tens of milliseconds of CPU: keep it off the event loop.
-        if await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed.encode()):
-            self._verified.add(key)
-            return True
-        return False
+        if len(self._verified) >= self.MAX_REMEMBERED:
+            self._verified.clear()
+        self._verified.add(digest)
+        return True
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        """Stop the bcrypt thread with the application, dropping the checks still queued."""
+        self._checks.shutdown(wait=False, cancel_futures=True)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -14,6 +14,7 @@ import exporter.exposition
 import exporter.plan
 import exporter.settings
 import exporter.snapshot
+import exporter.webconfig
 from exporter.catalog import load_catalog, load_collector_file
 from exporter.errors import CatalogError
 
@@ -46,6 +47,7 @@ description = "Jobs waiting."
         exporter.plan,
         exporter.settings,
         exporter.snapshot,
+        exporter.webconfig,
     ],
 )
 def test_doctests(module: object) -> None:
