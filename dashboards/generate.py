@@ -26,7 +26,7 @@ I = 'instance=~"$instance"'  # noqa: E741 - the selector every query starts with
 ID = 'instance=~"$instance", datname=~"$datname"'
 TABLE_KEY = "instance, job, datname, schemaname, relname"
 INDEX_KEY = "instance, job, datname, schemaname, relname, indexrelname"
-STATEMENT_KEY = "instance, job, datname, usename, queryid, query"
+STATEMENT_KEY = "instance, job, datname, usename, queryid"
 TABLE_LEGEND = "{{datname}} {{schemaname}}.{{relname}}"
 INDEX_LEGEND = "{{datname}} {{schemaname}}.{{indexrelname}}"
 STATEMENT_LEGEND = "{{datname}} {{queryid}}: {{query}}"
@@ -104,6 +104,20 @@ def stat(title: str, description: str, *queries: Query, unit: str = "short", **k
 def table(title: str, description: str, *queries: Query, **kw: Any) -> Panel:
     """Return a table panel whose queries are merged into one row per label set."""
     return Panel("table", title, description, queries, **kw)
+
+
+def with_text(expr: str) -> str:
+    """Return ``expr`` with each statement's text joined in as a ``query`` label.
+
+    The numbers are keyed by queryid; the text comes once per statement from
+    pg_stat_statements_query_info. A statement without one (query_text = false, or text not
+    fetched yet) is kept, without the label.
+    """
+    text = f"pg_stat_statements_query_info{{{ID}}}"
+    return (
+        f"({expr}) * on ({STATEMENT_KEY}) group_left (query) {text}"
+        f" or on ({STATEMENT_KEY}) ({expr})"
+    )
 
 
 def top_filter(expr: str, key: str, top: str) -> str:
@@ -725,6 +739,12 @@ TABLES_INDEXES = Dashboard(
 SLOWEST = f"topk(10, pg_stat_statements_mean_exec_seconds{{{ID}}})"
 MOST_CALLED = f"topk(10, pg_stat_statements_calls_total{{{ID}}})"
 
+
+def slowest_of(metric: str) -> str:
+    """Return a statement metric for the 10 slowest statements, with their text."""
+    return with_text(top_filter(f"{metric}{{{ID}}}", STATEMENT_KEY, SLOWEST))
+
+
 QUERIES_SESSIONS = Dashboard(
     file="queries-sessions.json",
     uid="pg-health-queries-sessions",
@@ -845,41 +865,30 @@ QUERIES_SESSIONS = Dashboard(
             [
                 table(
                     "Slowest statements (mean time per call)",
-                    "The seed's 'Top 10 slowest queries', since pg_stat_statements was reset.",
-                    Query(SLOWEST, column="mean", unit="s"),
+                    "The seed's 'Top 10 slowest queries', since pg_stat_statements was reset."
+                    " The text is pg_stat_statements_query_info's, literals redacted.",
+                    Query(with_text(SLOWEST), column="mean", unit="s"),
+                    Query(slowest_of("pg_stat_statements_calls_total"), column="calls"),
                     Query(
-                        top_filter(
-                            f"pg_stat_statements_calls_total{{{ID}}}", STATEMENT_KEY, SLOWEST
-                        ),
-                        column="calls",
-                    ),
-                    Query(
-                        top_filter(
-                            f"pg_stat_statements_exec_seconds_total{{{ID}}}",
-                            STATEMENT_KEY,
-                            SLOWEST,
-                        ),
+                        slowest_of("pg_stat_statements_exec_seconds_total"),
                         column="total",
                         unit="s",
                     ),
-                    Query(
-                        top_filter(
-                            f"pg_stat_statements_rows_total{{{ID}}}", STATEMENT_KEY, SLOWEST
-                        ),
-                        column="rows",
-                    ),
+                    Query(slowest_of("pg_stat_statements_rows_total"), column="rows"),
                     sort_by=("mean", True),
                     width=24,
                 ),
                 table(
                     "Most frequently executed statements",
                     "The seed's 'Most frequently executed queries'.",
-                    Query(MOST_CALLED, column="calls"),
+                    Query(with_text(MOST_CALLED), column="calls"),
                     Query(
-                        top_filter(
-                            f"pg_stat_statements_mean_exec_seconds{{{ID}}}",
-                            STATEMENT_KEY,
-                            MOST_CALLED,
+                        with_text(
+                            top_filter(
+                                f"pg_stat_statements_mean_exec_seconds{{{ID}}}",
+                                STATEMENT_KEY,
+                                MOST_CALLED,
+                            )
                         ),
                         column="mean",
                         unit="s",
@@ -891,8 +900,10 @@ QUERIES_SESSIONS = Dashboard(
                     "Time spent per statement, top 10",
                     "Execution seconds per second: which statements keep the server busy.",
                     Query(
-                        "topk(10, rate(pg_stat_statements_exec_seconds_total"
-                        f"{{{ID}}}[$__rate_interval]))",
+                        with_text(
+                            "topk(10, rate(pg_stat_statements_exec_seconds_total"
+                            f"{{{ID}}}[$__rate_interval]))"
+                        ),
                         STATEMENT_LEGEND,
                     ),
                     unit="s",
@@ -901,10 +912,12 @@ QUERIES_SESSIONS = Dashboard(
                     "Mean time per call over the interval, top 10",
                     "Recent mean execution time (alert: over 0.5 s for 10 minutes).",
                     Query(
-                        "topk(10, rate(pg_stat_statements_exec_seconds_total"
-                        f"{{{ID}}}[$__rate_interval])"
-                        " / rate(pg_stat_statements_calls_total"
-                        f"{{{ID}}}[$__rate_interval]))",
+                        with_text(
+                            "topk(10, rate(pg_stat_statements_exec_seconds_total"
+                            f"{{{ID}}}[$__rate_interval])"
+                            " / rate(pg_stat_statements_calls_total"
+                            f"{{{ID}}}[$__rate_interval]))"
+                        ),
                         STATEMENT_LEGEND,
                     ),
                     unit="s",
@@ -913,7 +926,10 @@ QUERIES_SESSIONS = Dashboard(
                     "Calls per second, top 10",
                     "The most frequent statements now.",
                     Query(
-                        f"topk(10, rate(pg_stat_statements_calls_total{{{ID}}}[$__rate_interval]))",
+                        with_text(
+                            "topk(10, rate(pg_stat_statements_calls_total"
+                            f"{{{ID}}}[$__rate_interval]))"
+                        ),
                         STATEMENT_LEGEND,
                     ),
                     unit="ops",
@@ -922,8 +938,10 @@ QUERIES_SESSIONS = Dashboard(
                     "Blocks read from outside shared buffers per second, top 10",
                     "Statements that miss the cache.",
                     Query(
-                        "topk(10, rate(pg_stat_statements_shared_blks_read_total"
-                        f"{{{ID}}}[$__rate_interval]))",
+                        with_text(
+                            "topk(10, rate(pg_stat_statements_shared_blks_read_total"
+                            f"{{{ID}}}[$__rate_interval]))"
+                        ),
                         STATEMENT_LEGEND,
                     ),
                 ),

@@ -122,6 +122,17 @@ def fraction_words(ratio: float) -> str:
     return {0.5: "half", 0.75: "three quarters"}.get(ratio, f"{ratio * 100:g} %")
 
 
+# The statement's text, looked up when the alert fires: the numbers are keyed by queryid and
+# the text is published once per statement in pg_stat_statements_query_info (literals
+# redacted); without it (query_text = false) the queryid says which statement.
+STATEMENT_TEXT = (
+    '{{ with printf "pg_stat_statements_query_info{instance=%q,job=%q,datname=%q,usename=%q,'
+    'queryid=%q}" $labels.instance $labels.job $labels.datname $labels.usename'
+    " $labels.queryid | query }}{{ range . }}{{ .Labels.query }}{{ end }}"
+    "{{ else }}queryid {{ $labels.queryid }}{{ end }}"
+)
+
+
 def fill(text: str, rule: Rule) -> str:
     """Replace ``{name}`` placeholders (never Prometheus's ``{{ ... }}``) with numbers."""
     check = rule.check
@@ -262,7 +273,7 @@ GROUPS: tuple[tuple[str, tuple[Rule, ...]], ...] = (
                 " {{ $value | humanizeDuration }} per call on {{ $labels.instance }}",
                 "Over the last 5 minutes, each call of this statement by {{ $labels.usename }} in"
                 " database {{ $labels.datname }} took {{ $value | humanizeDuration }} on average,"
-                " for {for} now: {{ $labels.query }}. Run EXPLAIN (ANALYZE, BUFFERS) on it: look"
+                " for {for} now: " + STATEMENT_TEXT + ". Run EXPLAIN (ANALYZE, BUFFERS) on it: look"
                 " for a sequential scan that an index would avoid, or a plan changed by stale"
                 " statistics.",
             ),

@@ -47,6 +47,9 @@ class ColumnSpec(_Strict):
     # Other names the column has in some server versions (PgBouncer 1.24 renamed SHOW
     # DATABASES' reserve_pool to reserve_pool_size; SHOW commands cannot alias a column).
     aliases: tuple[str, ...] = ()
+    # Statement text: its literals are redacted before the value leaves the exporter, and it
+    # obeys the query_text settings (exporter/redact.py).
+    redact: Literal["sql"] | None = None
 
     @model_validator(mode="after")
     def _buckets_only_for_histograms(self) -> ColumnSpec:
@@ -63,6 +66,8 @@ class ColumnSpec(_Strict):
             self.scale is not None or self.default is not None
         ):
             raise ValueError(f"'scale' and 'default' do not apply to a {self.usage} column")
+        if self.redact is not None and self.usage != "label":
+            raise ValueError("'redact' applies to label columns only")
         return self
 
 
@@ -95,6 +100,31 @@ class VariantSpec(_Strict):
         return self
 
 
+class InfoSpec(_Strict):
+    """A second query for what never changes per key (statement text): one info family.
+
+    The main query chooses the rows; this one is asked only for the keys of those rows that
+    are not cached yet, bound as arrays `%(<key column>)s`. Each cached key becomes one series
+    `<namespace>_<name>{<the row's labels>, <this query's label columns>} 1`.
+    """
+
+    name: str = Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*_info$")
+    help: str = Field(min_length=1)
+    key: tuple[str, ...] = Field(min_length=1)
+    sql: str = Field(min_length=1)
+    cache_size: int = Field(default=10_000, ge=1)
+    columns: dict[str, ColumnSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _labels_only(self) -> InfoSpec:
+        for column, spec in self.columns.items():
+            if spec.usage != "label":
+                raise ValueError(f"info.columns.{column}: an info column is a label")
+            if column in self.key:
+                raise ValueError(f"info.columns.{column}: a key column is matched, not declared")
+        return self
+
+
 class CollectorSpec(_Strict):
     """One collector: what it asks PostgreSQL and how the answer becomes metrics."""
 
@@ -119,6 +149,7 @@ class CollectorSpec(_Strict):
     keep_rows: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     variants: tuple[VariantSpec, ...] = Field(alias="variant", min_length=1)
     columns: dict[str, ColumnSpec] = Field(min_length=1)
+    info: InfoSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSpec:
@@ -150,8 +181,26 @@ class CollectorSpec(_Strict):
                 raise ValueError(f"keep_rows.{column}: not a declared label or discard column")
             if not values:
                 raise ValueError(f"keep_rows.{column}: list at least one value")
+        if self.info is not None:
+            self._check_info(self.info)
         check_variants_disjoint(self.variants)
         return self
+
+    def _check_info(self, info: InfoSpec) -> None:
+        for column in info.key:
+            if self.columns.get(column, _NO_COLUMN).usage not in ("label", "discard"):
+                raise ValueError(f"info.key: {column!r} is not a declared label or discard column")
+        labels = {self.label_name(c) for c, s in self.columns.items() if s.usage == "label"}
+        for column, spec in info.columns.items():
+            label = spec.rename or column
+            _check_column_names(self.namespace, column, spec, legacy_names=False)
+            if label in labels:
+                raise ValueError(f"info.columns.{column}: label {label!r} is already a label")
+        name = f"{self.namespace}_{info.name}"
+        if not METRIC_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
+            raise ValueError(f"info.name: {name!r} is not a metric name this collector may use")
+        if name in [self.metric_name(c) for c, s in self.columns.items() if s.usage != "label"]:
+            raise ValueError(f"info.name: {name!r} is also a column's metric")
 
     def metric_name(self, column: str) -> str:
         """Return the full metric (family) name of a metric column."""
@@ -170,15 +219,23 @@ class CollectorSpec(_Strict):
                 names.append(name)
                 if spec.usage in ("histogram", "bucketed_histogram"):
                     names += [name + part for part in ("_bucket", "_sum", "_count")]
+        if self.info is not None:
+            names.append(self.info_name())
         return names
+
+    def info_name(self) -> str:
+        """Return the name of the info family (the collector must have one)."""
+        assert self.info is not None
+        return f"{self.namespace}_{self.info.name}"
 
     def metric_names(self) -> list[str]:
         """Return every family name this collector can emit."""
-        return [
+        names = [
             self.metric_name(column)
             for column, spec in self.columns.items()
             if spec.usage in METRIC_USAGES
         ]
+        return names + ([self.info_name()] if self.info is not None else [])
 
 
 def _check_column_names(

@@ -90,6 +90,13 @@ def render(catalog: Catalog) -> str:
                     f"| `{spec.metric_name(column)}` | {column_spec.usage} | {labels or '-'} | "
                     f"`{spec.name}` | {description} |"
                 )
+        if spec.info is not None:
+            info_labels = [labels] if labels else []
+            info_labels += [c.rename or name for name, c in spec.info.columns.items()]
+            rows.append(
+                f"| `{spec.info_name()}` | gauge (info: 1) | {', '.join(info_labels)} | "
+                f"`{spec.name}` | {spec.info.help.replace('|', chr(92) + '|')} |"
+            )
     out += sorted(rows)
     out += [
         "",

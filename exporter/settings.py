@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     scrape_timeout_margin_seconds: float = Field(default=0.5, ge=0)
     long_query_threshold_seconds: float = Field(default=30.0, ge=0)
     top_n: int = Field(default=20, ge=1, le=1000)
+    query_text: bool = True
+    query_text_max_length: int = Field(default=200, ge=1, le=100_000)
     application_name: str = "pg-health-exporter"
     gzip_level: int = Field(default=1, ge=1, le=9)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -165,6 +167,11 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         """Return the DSN, or libpq's defaults (PGHOST, PGUSER, ...) when none is set."""
         return self.data_source_name.get_secret_value() if self.data_source_name else ""
+
+    @property
+    def statement_text_length(self) -> int:
+        """Return how much statement text a label may carry: 0 when none is published."""
+        return self.query_text_max_length if self.query_text else 0
 
     def sql_parameters(self) -> dict[str, Any]:
         """Return the values a collector's SQL may reference as %(name)s."""

@@ -15,6 +15,10 @@ from typing import Any
 
 from exporter.catalog import METRIC_USAGES, CollectorSpec
 from exporter.errors import CollectorFailed
+from exporter.redact import statement_label
+
+# The longest statement text a label carries by default (the setting query_text_max_length).
+STATEMENT_TEXT_LENGTH = 200
 
 
 @dataclass
@@ -117,7 +121,12 @@ class RowRenderer:
     """Render rows of one collector whose result columns are known."""
 
     def __init__(
-        self, spec: CollectorSpec, column_names: Sequence[str], *, datname: str | None = None
+        self,
+        spec: CollectorSpec,
+        column_names: Sequence[str],
+        *,
+        datname: str | None = None,
+        statement_text_length: int = STATEMENT_TEXT_LENGTH,
     ) -> None:
         declared = set(spec.columns)
         aliases = {alias: name for name, column in spec.columns.items() for alias in column.aliases}
@@ -136,6 +145,7 @@ class RowRenderer:
         extra = [name for name in column_names if name not in declared]
         if extra and not spec.ignore_extra_columns:
             raise CollectorFailed(f"query returned undeclared column {extra[0]!r}")
+        self.column_index = {name: index for index, name in enumerate(column_names)}
         self.row_filters = [
             (column_names.index(column), frozenset(values))
             for column, values in spec.keep_rows.items()
@@ -145,6 +155,9 @@ class RowRenderer:
         self.label_indexes: list[int] = []
         self.label_names: list[str] = []
         self.metrics: list[_MetricColumn] = []
+        # Statement text is redacted (and cut) before it is anything else: a label, a key.
+        self.redacted: list[int] = []
+        self.statement_text_length = statement_text_length
         for index, column in enumerate(column_names):
             column_spec = spec.columns.get(column)
             if column_spec is None:
@@ -152,6 +165,8 @@ class RowRenderer:
             if column_spec.usage == "label":
                 self.label_indexes.append(index)
                 self.label_names.append(spec.label_name(column))
+                if column_spec.redact == "sql":
+                    self.redacted.append(index)
             elif column_spec.usage in METRIC_USAGES:
                 bucketed = column_spec.usage == "bucketed_histogram"
                 family = Family(
@@ -182,6 +197,8 @@ class RowRenderer:
 
     def render(self, rows: Sequence[Sequence[Any]]) -> CollectorOutput:
         """Render every row; drop duplicate label sets and series beyond max_series."""
+        if self.redacted:
+            rows = [self._redact(row) for row in rows]
         for index, values in self.row_filters:
             rows = [row for row in rows if label_text(row[index]) in values]
         if self.metrics and self.metrics[0].buckets:
@@ -191,6 +208,20 @@ class RowRenderer:
             if fast is not None:
                 return fast
         return self._render_by_row(rows)
+
+    def label_block_of(self, row: Sequence[Any]) -> str:
+        """Return the label block a row's samples carry (as render writes it)."""
+        if self.redacted:
+            row = self._redact(row)
+        values = [row[i] for i in self.label_indexes]
+        return label_block(self.label_names, values, self.fixed_labels)
+
+    def _redact(self, row: Sequence[Any]) -> list[Any]:
+        redacted = list(row)
+        for index in self.redacted:
+            text = label_text(redacted[index])
+            redacted[index] = statement_label(text, self.statement_text_length)
+        return redacted
 
     def _render_by_column(self, rows: Sequence[Sequence[Any]]) -> CollectorOutput | None:
         """Render column by column: the common case, with no duplicate and no cut possible.

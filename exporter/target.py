@@ -25,6 +25,7 @@ from exporter.catalog import CollectorSpec
 from exporter.dsn import redact_dsn, scrub, secrets_of
 from exporter.errors import CollectorFailed
 from exporter.exposition import merge_families
+from exporter.info import InfoCache
 from exporter.plan import PlannedQuery, ServerInfo, plan_queries, select_databases
 from exporter.selfmetrics import incomplete_families, self_families
 from exporter.settings import Settings
@@ -143,6 +144,8 @@ class Target:
         self._database_pools: dict[str, AsyncConnectionPool] = {}
         self._parallel = asyncio.Semaphore(settings.pool_size)
         self._cache: dict[tuple[str, str], _CacheEntry] = {}
+        # Info labels (statement text) by collector and database: asked once per key.
+        self._info: dict[tuple[str, str], InfoCache] = {}
         # Expired ttl entries being refreshed in the background, on connections of their own:
         # one at a time among collectors that keep to the session's statement_timeout, one at
         # a time among those allowed longer (an hour-long scan must not hold up table sizes).
@@ -410,7 +413,7 @@ class Target:
             await self._database_pools.pop(name).close()
         # Whether or not it had a pool (pools are replaced after an outage): a database that
         # comes back must not be served an old answer.
-        for by_run in (self._cache, self._last_seconds):
+        for by_run in (self._cache, self._last_seconds, self._info):
             for key in [key for key in by_run if key[1] and key[1] not in keep]:
                 del by_run[key]
 
@@ -633,7 +636,17 @@ class Target:
                 raise CollectorFailed("query returned no result set")
             names = [column.name for column in description]
             datname = run.datname if spec.scope == "database" else None
-            run.output = RowRenderer(spec, names, datname=datname).render(rows)
+            renderer = RowRenderer(
+                spec,
+                names,
+                datname=datname,
+                statement_text_length=self.settings.statement_text_length,
+            )
+            run.output = renderer.render(rows)
+            if self._wants_info(spec):
+                family = await self._info_family(conn, spec, run.datname, renderer, rows)
+                run.output.families.append(family)
+                run.output.series += len(family.lines)
         except _PredicateFalse:
             run.skipped = PREDICATE_FALSE
         except CollectorFailed as exc:
@@ -651,6 +664,38 @@ class Target:
         # A predicate that said no is as stable as the answer: both keep for the ttl.
         if spec.ttl > 0 and (run.output is not None or run.skipped == PREDICATE_FALSE):
             self._cache[key] = _CacheEntry(started + spec.ttl, run.output, run.skipped)
+
+    def _wants_info(self, spec: CollectorSpec) -> bool:
+        """Tell whether to publish the collector's info family (none for text when off)."""
+        if spec.info is None:
+            return False
+        text = any(column.redact == "sql" for column in spec.info.columns.values())
+        return self.settings.query_text or not text
+
+    async def _info_family(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        spec: CollectorSpec,
+        datname: str,
+        renderer: RowRenderer,
+        rows: Sequence[Sequence[Any]],
+    ) -> Family:
+        """Return the info family of these rows, asking only for the keys not cached."""
+        assert spec.info is not None
+        cache = self._info.get((spec.name, datname))
+        if cache is None:
+            cache = InfoCache(spec, statement_text_length=self.settings.statement_text_length)
+            self._info[(spec.name, datname)] = cache
+        missing = cache.missing(renderer, rows)
+        if missing:
+            params = {**self.settings.sql_parameters(), **cache.parameters(missing)}
+            async with conn.cursor() as cursor:
+                await cursor.execute(spec.info.sql, params)
+                if cursor.description is None:
+                    raise CollectorFailed("the info query returned no result set")
+                names = [column.name for column in cursor.description]
+                cache.store(names, await cursor.fetchall())
+        return cache.family(renderer, rows)
 
     async def _query(
         self, conn: psycopg.AsyncConnection[Any], query: PlannedQuery, timeout: float

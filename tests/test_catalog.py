@@ -11,7 +11,9 @@ import exporter.catalog
 import exporter.compat
 import exporter.dsn
 import exporter.exposition
+import exporter.info
 import exporter.plan
+import exporter.redact
 import exporter.settings
 import exporter.snapshot
 import exporter.webconfig
@@ -44,7 +46,9 @@ description = "Jobs waiting."
         exporter.compat,
         exporter.dsn,
         exporter.exposition,
+        exporter.info,
         exporter.plan,
+        exporter.redact,
         exporter.settings,
         exporter.snapshot,
         exporter.webconfig,
@@ -183,8 +187,49 @@ def test_every_key_of_a_collector_file_is_documented() -> None:
         ("## Collector keys", exporter.catalog.CollectorSpec),
         ("## Variant keys", exporter.catalog.VariantSpec),
         ("## Column keys", exporter.catalog.ColumnSpec),
+        ("## Info keys", exporter.catalog.InfoSpec),
     ):
         table = document.split(section, 1)[1].split("\n## ", 1)[0]
         documented = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
         accepted = {field.alias or name for name, field in model.model_fields.items()}
         assert documented == accepted, section
+
+
+def test_every_builtin_statement_text_is_redacted() -> None:
+    # Statement text is the one label that can carry a secret: any column that reads the
+    # query column of pg_stat_statements or pg_stat_activity must declare redact = "sql".
+    for spec in load_catalog().collectors:
+        columns = dict(spec.columns)
+        if spec.info is not None:
+            columns.update(spec.info.columns)
+        for name, column in columns.items():
+            if column.usage == "label" and "query" in name and "queryid" not in name:
+                assert column.redact == "sql", f"{spec.name}: column {name}"
+
+
+@pytest.mark.parametrize(
+    ("fragment", "message"),
+    [
+        ('[columns.queue_depth]\nusage = "gauge"\nredact = "sql"', "label columns only"),
+        (
+            '[info]\nname = "x_info"\nhelp = "h"\nkey = ["nope"]\nsql = "SELECT 1"\n'
+            '[info.columns.text]\nusage = "label"\ndescription = "d"',
+            "info.key",
+        ),
+        (
+            '[info]\nname = "texts"\nhelp = "h"\nkey = ["datname"]\nsql = "SELECT 1"\n'
+            '[info.columns.text]\nusage = "label"\ndescription = "d"',
+            "info.name",
+        ),
+        (
+            '[info]\nname = "x_info"\nhelp = "h"\nkey = ["datname"]\nsql = "SELECT 1"\n'
+            '[info.columns.datname]\nusage = "label"\ndescription = "d"',
+            "info.columns.datname",
+        ),
+    ],
+)
+def test_bad_redact_and_info_declarations(tmp_path: Path, fragment: str, message: str) -> None:
+    text = GOOD.replace('[columns.queue_depth]\nusage = "gauge"', fragment)
+    if not fragment.startswith("[columns"):
+        text = GOOD + "\n" + fragment + "\n"
+    assert message in _error_for(tmp_path, text)

@@ -197,21 +197,36 @@ async def test_statements_top_n(pg: Server, database: str) -> None:
             conn.execute("SELECT count(*) FROM hot WHERE id > 7")
         conn.execute("SELECT pg_sleep(0.3)")
     result = await scrape_async(pg.monitor(database), top_n=5)
-    (calls,) = [
-        s
-        for s in result.find("pg_stat_statements_calls_total", datname=database)
-        if "FROM hot" in s.labels["query"]
-    ]
-    assert calls.value == 25
-    assert calls.labels["usename"] == "postgres"
-    slow = [
-        s
-        for s in result.find("pg_stat_statements_exec_seconds_total", datname=database)
-        if "pg_sleep" in s.labels["query"]
-    ]
+    texts = {
+        s.labels["queryid"]: s.labels["query"]
+        for s in result.find("pg_stat_statements_query_info", datname=database)
+    }
+    (hot,) = [queryid for queryid, text in texts.items() if "FROM hot" in text]
+    (sleep,) = [queryid for queryid, text in texts.items() if "pg_sleep" in text]
+    # The numbers carry no text: one series per statement, joined on queryid.
+    assert all("query" not in s.labels for s in result.find("pg_stat_statements_calls_total"))
+    calls = result.find("pg_stat_statements_calls_total", datname=database, queryid=hot)
+    assert [s.value for s in calls] == [25]
+    assert calls[0].labels["usename"] == "postgres"
+    slow = result.find("pg_stat_statements_exec_seconds_total", queryid=sleep)
     assert slow and slow[0].value >= 0.3
-    # Bounded: at most 3 x top_n statements, whatever the server holds.
+    # Bounded: at most 3 x top_n statements, whatever the server holds; one text for each.
     assert len(result.find("pg_stat_statements_calls_total")) <= 15
+    assert len(result.find("pg_stat_statements_query_info")) == len(
+        result.find("pg_stat_statements_calls_total")
+    )
+
+
+async def test_statements_text_settings(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+        conn.execute("SELECT count(*) FROM pg_class WHERE relname <> 'a_rather_long_name_here'")
+    short = await scrape_async(pg.monitor(database), query_text_max_length=12)
+    texts = [s.labels["query"] for s in short.find("pg_stat_statements_query_info")]
+    assert texts and all(len(text) <= 12 for text in texts)
+    none = await scrape_async(pg.monitor(database), query_text=False)
+    assert none.find("pg_stat_statements_calls_total")
+    assert not none.find("pg_stat_statements_query_info")
 
 
 async def test_statements_skipped_cleanly_without_the_extension(pg: Server, database: str) -> None:
