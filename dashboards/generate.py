@@ -704,8 +704,37 @@ TABLES_INDEXES = Dashboard(
                         f"pg_partitioned_table_default_partition_live_tuples{{{ID}}}",
                         column="rows in DEFAULT",
                     ),
+                    Query(
+                        f"pg_partitioned_table_oldest_partition_age_seconds{{{ID}}}",
+                        column="oldest partition from",
+                        unit="dtdurations",
+                    ),
+                    Query(
+                        f"pg_partitioned_table_retention_seconds{{{ID}}}",
+                        column="retention window",
+                        unit="dtdurations",
+                    ),
                     sort_by=("partitions end in", False),
-                    width=24,
+                    width=16,
+                ),
+                Panel(
+                    "bargauge",
+                    "Oldest partition, in retention windows",
+                    "How far back the oldest time-range partition starts, divided by the table's"
+                    " retention window (the exporter's partition_retention setting, 12 months by"
+                    " default): past 1, the job that drops old partitions is late (alert: 1,"
+                    " 1.1).",
+                    [
+                        Query(
+                            f"pg_partitioned_table_oldest_partition_age_seconds{{{ID}}}"
+                            f" / pg_partitioned_table_retention_seconds{{{ID}}}",
+                            TABLE_LEGEND,
+                        )
+                    ],
+                    unit="none",
+                    width=8,
+                    thresholds=[(1.0, "orange"), (1.1, "red")],
+                    max_value=1.5,
                 ),
                 table(
                     "Materialized views",

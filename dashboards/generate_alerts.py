@@ -395,6 +395,30 @@ GROUPS: tuple[tuple[str, tuple[Rule, ...]], ...] = (
                 " partitions now.",
             ),
             Rule(
+                t.PARTITION_RETENTION,
+                "warning",
+                "The oldest partition of {{ $labels.schemaname }}.{{ $labels.relname }} in"
+                ' {{ $labels.datname }} is {{ $value | printf "%.2f" }} retention windows old',
+                "The oldest range partition of {{ $labels.schemaname }}.{{ $labels.relname }}"
+                " (database {{ $labels.datname }}, {{ $labels.instance }}) starts further back than"
+                " the table's retention window (the exporter's partition_retention setting, 12"
+                " months by default) for {for}: the job that drops old partitions (the seed's"
+                " dropOldPartitions) has not run or fails. The table keeps data it should not and"
+                " grows. Run the job; check its schedule and log.",
+            ),
+            Rule(
+                t.PARTITION_RETENTION,
+                "critical",
+                "The oldest partition of {{ $labels.schemaname }}.{{ $labels.relname }} in"
+                ' {{ $labels.datname }} is {{ $value | printf "%.2f" }} retention windows old',
+                "The oldest range partition of {{ $labels.schemaname }}.{{ $labels.relname }}"
+                " (database {{ $labels.datname }}, {{ $labels.instance }}) starts more than"
+                " {value_times} times the table's retention window back: old partitions have not"
+                " been dropped for a while (with monthly partitions and a 12-month window, more"
+                " than a month overdue). Drop the expired partitions (DROP TABLE, or DETACH"
+                " PARTITION CONCURRENTLY first) and fix the job that should do it.",
+            ),
+            Rule(
                 t.DEFAULT_PARTITION_ROWS,
                 "warning",
                 "DEFAULT partition of {{ $labels.schemaname }}.{{ $labels.relname }} in"

@@ -31,6 +31,19 @@ from exporter.dsn import parse_dsn
 from exporter.errors import ConfigError
 
 Profile = Literal["minimal", "standard", "full"]
+#: A PostgreSQL interval as an operator writes it: "12 months", "90 days", "1 year 6 months".
+INTERVAL = re.compile(
+    r"\s*(\d+\s*(years?|months?|weeks?|days?|hours?|minutes?|mins?|seconds?|secs?)\s*)+"
+)
+_UNIT_SECONDS = {
+    "y": 365 * 86400,
+    "mo": 30 * 86400,
+    "w": 7 * 86400,
+    "d": 86400,
+    "h": 3600,
+    "mi": 60,
+    "s": 1,
+}
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -115,6 +128,17 @@ class Settings(BaseSettings):
     top_n: int = Field(default=20, ge=1, le=1000)
     query_text: bool = True
     query_text_max_length: int = Field(default=200, ge=1, le=100_000)
+    #: Retention window per partitioned table: pattern -> interval, first match wins. A pattern
+    #: with a dot matches "schema.table", without one the table name in any schema; * and ?
+    #: are wildcards. Tables no pattern matches get partition_retention_default.
+    partition_retention: dict[str, str] = {}
+    partition_retention_default: str = "12 months"
+    #: How often each materialized view is expected to be refreshed: pattern -> interval, as
+    #: above. The freshness alert fires after two intervals without an observed refresh.
+    matview_refresh_interval: dict[str, str] = {}
+    matview_refresh_interval_default: str = "15 minutes"
+    #: Where the health page's runbook links point: the exporter's own copy by default.
+    runbook_url: str = "/runbook"
     application_name: str = "pg-health-exporter"
     gzip_level: int = Field(default=1, ge=1, le=9)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -136,6 +160,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.startswith("[") else [value] if value else []
         return value
+
+    @field_validator("partition_retention_default", "matview_refresh_interval_default")
+    @classmethod
+    def _an_interval(cls, value: str) -> str:
+        if not INTERVAL.fullmatch(value):
+            raise ValueError(f"{value!r} is not an interval such as '12 months' or '15 minutes'")
+        return value
+
+    @field_validator("partition_retention", "matview_refresh_interval")
+    @classmethod
+    def _patterns_to_intervals(cls, mapping: dict[str, str]) -> dict[str, str]:
+        for pattern, value in mapping.items():
+            if not pattern:
+                raise ValueError("an empty pattern")
+            if not INTERVAL.fullmatch(value):
+                raise ValueError(
+                    f"{pattern}: {value!r} is not an interval such as '12 months' or '15 minutes'"
+                )
+        return mapping
 
     @field_validator("include_databases", "exclude_databases")
     @classmethod
@@ -178,7 +221,20 @@ class Settings(BaseSettings):
         return {
             "long_query_threshold_seconds": self.long_query_threshold_seconds,
             "top_n": self.top_n,
+            "partition_retention": json.dumps(
+                object_rules(self.partition_retention, self.partition_retention_default)
+            ),
         }
+
+    def matview_interval_seconds(self, schemaname: str, relname: str) -> float:
+        """Return how often the view is expected to be refreshed, in seconds."""
+        for rule in object_rules(
+            self.matview_refresh_interval, self.matview_refresh_interval_default
+        ):
+            name = f"{schemaname}.{relname}" if rule["qualified"] else relname
+            if re.search(str(rule["re"]), name):
+                return interval_seconds(str(rule["window"]))
+        raise AssertionError("the default rule matches every name")
 
     @classmethod
     def settings_customise_sources(
@@ -194,6 +250,50 @@ class Settings(BaseSettings):
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+
+def glob_regex(pattern: str) -> str:
+    """Return an anchored regular expression (Python and PostgreSQL alike) for a glob.
+
+    >>> glob_regex("audit_*")
+    '^audit_.*$'
+    >>> import re; bool(re.search(glob_regex("public.audit?logs"), "public.audit_logs"))
+    True
+    """
+    return (
+        "^"
+        + "".join(
+            ".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern
+        )
+        + "$"
+    )
+
+
+def object_rules(patterns: dict[str, str], default: str) -> list[dict[str, object]]:
+    """Return per-object settings as ordered rules, the default last (it matches anything).
+
+    >>> object_rules({"public.audit_logs": "2 years"}, "12 months")[0]["qualified"]
+    True
+    """
+    rules: list[dict[str, object]] = [
+        {"re": glob_regex(pattern), "qualified": "." in pattern, "window": window}
+        for pattern, window in patterns.items()
+    ]
+    rules.append({"re": "", "qualified": False, "window": default})
+    return rules
+
+
+def interval_seconds(text: str) -> float:
+    """Return an interval of INTERVAL's form in seconds (a month is 30 days, a year 365).
+
+    >>> interval_seconds("15 minutes"), interval_seconds("1 year 6 months")
+    (900.0, 47088000.0)
+    """
+    total = 0.0
+    for amount, unit in re.findall(r"(\d+)\s*([a-z]+)", text):
+        key = "mo" if unit.startswith("mo") else "mi" if unit.startswith("min") else unit[0]
+        total += int(amount) * _UNIT_SECONDS[key]
+    return total
 
 
 def listen_host_port(address: str) -> tuple[str, int]:

@@ -106,5 +106,6 @@ def test_the_example_config_documents_every_setting() -> None:
             f"\n{name} =" in text
             or f"\n# {name} =" in text
             or f"[{name}." in text
+            or f"# [{name}]\n" in text
             or (name == "targets" and "[targets." in text)
         ), f"config.example.toml does not document {name}"
