@@ -24,6 +24,9 @@ HERE = Path(__file__).resolve().parent
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 I = 'instance=~"$instance"'  # noqa: E741 - the selector every query starts with
 ID = 'instance=~"$instance", datname=~"$datname"'
+# Per-object panels leave out the series that sum the objects over the series budget
+# (schemaname="__other__"): it is a database's remainder, not an object to rank.
+OBJ = ID + ', schemaname!="__other__"'
 TABLE_KEY = "instance, job, datname, schemaname, relname"
 INDEX_KEY = "instance, job, datname, schemaname, relname, indexrelname"
 STATEMENT_KEY = "instance, job, datname, usename, queryid"
@@ -127,9 +130,10 @@ def top_filter(expr: str, key: str, top: str) -> str:
 
 # --------------------------------------------------------------------------- overview
 
-RECLAIMABLE = f"(pg_table_free_space_bytes{{{ID}}} + pg_table_dead_tuple_bytes{{{ID}}})"
+RECLAIMABLE = f"(pg_table_free_space_bytes{{{OBJ}}} + pg_table_dead_tuple_bytes{{{OBJ}}})"
 TABLE_TOTAL = (
-    f"(pg_table_heap_bytes{{{ID}}} + pg_table_indexes_bytes{{{ID}}} + pg_table_toast_bytes{{{ID}}})"
+    f"(pg_table_heap_bytes{{{OBJ}}} + pg_table_indexes_bytes{{{OBJ}}}"
+    f" + pg_table_toast_bytes{{{OBJ}}})"
 )
 
 OVERVIEW = Dashboard(
@@ -316,13 +320,13 @@ OVERVIEW = Dashboard(
                 ts(
                     "Dead tuples, top 10 tables",
                     "The seed's dead-tuple check (pg_stat_user_tables.n_dead_tup).",
-                    Query(f"topk(10, pg_table_dead_tuples{{{ID}}})", TABLE_LEGEND),
+                    Query(f"topk(10, pg_table_dead_tuples{{{OBJ}}})", TABLE_LEGEND),
                 ),
                 ts(
                     "Autovacuum due ratio, top 10 tables",
                     "Dead rows over the table's autovacuum threshold: above 1 autovacuum is"
                     " due; staying above 1 is vacuum lag.",
-                    Query(f"topk(10, pg_table_autovacuum_vacuum_due_ratio{{{ID}}})", TABLE_LEGEND),
+                    Query(f"topk(10, pg_table_autovacuum_vacuum_due_ratio{{{OBJ}}})", TABLE_LEGEND),
                     thresholds=[(1, "red")],
                 ),
                 ts(
@@ -430,8 +434,8 @@ OVERVIEW = Dashboard(
 # ------------------------------------------------------------------ tables and indexes
 
 TOP_TABLES = f"topk(25, {TABLE_TOTAL})"
-DEAD_TOP = f"topk(25, pg_table_dead_tuples{{{ID}}})"
-LEAST_SCANNED = f"bottomk(25, pg_index_scans_total{{{ID}}})"
+DEAD_TOP = f"topk(25, pg_table_dead_tuples{{{OBJ}}})"
+LEAST_SCANNED = f"bottomk(25, pg_index_scans_total{{{OBJ}}})"
 
 TABLES_INDEXES = Dashboard(
     file="tables-indexes.json",
@@ -450,22 +454,22 @@ TABLES_INDEXES = Dashboard(
                     "The seed's table sizes: total (heap + indexes + TOAST), 25 largest.",
                     Query(TOP_TABLES, column="total", unit="bytes"),
                     Query(
-                        top_filter(f"pg_table_heap_bytes{{{ID}}}", TABLE_KEY, TOP_TABLES),
+                        top_filter(f"pg_table_heap_bytes{{{OBJ}}}", TABLE_KEY, TOP_TABLES),
                         column="heap",
                         unit="bytes",
                     ),
                     Query(
-                        top_filter(f"pg_table_indexes_bytes{{{ID}}}", TABLE_KEY, TOP_TABLES),
+                        top_filter(f"pg_table_indexes_bytes{{{OBJ}}}", TABLE_KEY, TOP_TABLES),
                         column="indexes",
                         unit="bytes",
                     ),
                     Query(
-                        top_filter(f"pg_table_toast_bytes{{{ID}}}", TABLE_KEY, TOP_TABLES),
+                        top_filter(f"pg_table_toast_bytes{{{OBJ}}}", TABLE_KEY, TOP_TABLES),
                         column="TOAST",
                         unit="bytes",
                     ),
                     Query(
-                        top_filter(f"pg_table_live_tuples{{{ID}}}", TABLE_KEY, TOP_TABLES),
+                        top_filter(f"pg_table_live_tuples{{{OBJ}}}", TABLE_KEY, TOP_TABLES),
                         column="live rows",
                     ),
                     sort_by=("total", True),
@@ -481,9 +485,9 @@ TABLES_INDEXES = Dashboard(
                     "Table growth over the last hour, top 10",
                     "How much each table grew in the hour before each point.",
                     Query(
-                        f"topk(10, delta(pg_table_heap_bytes{{{ID}}}[1h])"
-                        f" + delta(pg_table_indexes_bytes{{{ID}}}[1h])"
-                        f" + delta(pg_table_toast_bytes{{{ID}}}[1h]))",
+                        f"topk(10, delta(pg_table_heap_bytes{{{OBJ}}}[1h])"
+                        f" + delta(pg_table_indexes_bytes{{{OBJ}}}[1h])"
+                        f" + delta(pg_table_toast_bytes{{{OBJ}}}[1h]))",
                         TABLE_LEGEND,
                     ),
                     unit="bytes",
@@ -499,12 +503,12 @@ TABLES_INDEXES = Dashboard(
                     " dead rows. Empty cells: never vacuumed or analyzed that way.",
                     Query(DEAD_TOP, column="dead rows"),
                     Query(
-                        top_filter(f"pg_table_live_tuples{{{ID}}}", TABLE_KEY, DEAD_TOP),
+                        top_filter(f"pg_table_live_tuples{{{OBJ}}}", TABLE_KEY, DEAD_TOP),
                         column="live rows",
                     ),
                     Query(
                         top_filter(
-                            f"pg_table_autovacuum_vacuum_due_ratio{{{ID}}}", TABLE_KEY, DEAD_TOP
+                            f"pg_table_autovacuum_vacuum_due_ratio{{{OBJ}}}", TABLE_KEY, DEAD_TOP
                         ),
                         column="autovacuum due",
                         unit="percentunit",
@@ -512,7 +516,7 @@ TABLES_INDEXES = Dashboard(
                     *(
                         Query(
                             top_filter(
-                                f"pg_table_last_{kind}_timestamp_seconds{{{ID}}} * 1000",
+                                f"pg_table_last_{kind}_timestamp_seconds{{{OBJ}}} * 1000",
                                 TABLE_KEY,
                                 DEAD_TOP,
                             ),
@@ -528,15 +532,15 @@ TABLES_INDEXES = Dashboard(
                 ts(
                     "Dead tuples, top 10",
                     "Estimated dead rows waiting for vacuum.",
-                    Query(f"topk(10, pg_table_dead_tuples{{{ID}}})", TABLE_LEGEND),
+                    Query(f"topk(10, pg_table_dead_tuples{{{OBJ}}})", TABLE_LEGEND),
                 ),
                 ts(
                     "Dead tuple ratio, top 10",
                     "Dead rows as a fraction of all the table's rows (alert: over 20 % with"
                     " more than 10,000 dead rows).",
                     Query(
-                        f"topk(10, pg_table_dead_tuples{{{ID}}}"
-                        f" / (pg_table_live_tuples{{{ID}}} + pg_table_dead_tuples{{{ID}}}))",
+                        f"topk(10, pg_table_dead_tuples{{{OBJ}}}"
+                        f" / (pg_table_live_tuples{{{OBJ}}} + pg_table_dead_tuples{{{OBJ}}}))",
                         TABLE_LEGEND,
                     ),
                     unit="percentunit",
@@ -545,7 +549,7 @@ TABLES_INDEXES = Dashboard(
                     "Autovacuum due ratio, top 10",
                     "Dead rows over the table's own autovacuum threshold: above 1 autovacuum"
                     " is due; above 1 for long is vacuum lag.",
-                    Query(f"topk(10, pg_table_autovacuum_vacuum_due_ratio{{{ID}}})", TABLE_LEGEND),
+                    Query(f"topk(10, pg_table_autovacuum_vacuum_due_ratio{{{OBJ}}})", TABLE_LEGEND),
                     thresholds=[(1, "red")],
                 ),
                 ts(
@@ -564,15 +568,15 @@ TABLES_INDEXES = Dashboard(
                     "Tables autovacuum skips",
                     "Tables with autovacuum_enabled = false (or autovacuum off on the server):"
                     " only an anti-wraparound vacuum will process them.",
-                    Query(f"pg_table_autovacuum_enabled{{{ID}}} == 0", column="enabled"),
+                    Query(f"pg_table_autovacuum_enabled{{{OBJ}}} == 0", column="enabled"),
                     mappings=[("0", "off", "orange")],
                 ),
                 table(
                     "Estimated bloat, top 10 tables and indexes",
                     "Space beyond what the rows need, estimated from pg_stats (needs SELECT on"
                     " the tables for the monitoring role).",
-                    Query(f"topk(10, pg_table_bloat_bytes{{{ID}}})", column="table bloat"),
-                    Query(f"topk(10, pg_index_bloat_bytes{{{ID}}})", column="index bloat"),
+                    Query(f"topk(10, pg_table_bloat_bytes{{{OBJ}}})", column="table bloat"),
+                    Query(f"topk(10, pg_index_bloat_bytes{{{OBJ}}})", column="index bloat"),
                     unit="bytes",
                 ),
                 table(
@@ -583,7 +587,7 @@ TABLES_INDEXES = Dashboard(
                     Query(f"topk(10, {RECLAIMABLE})", column="reclaimable", unit="bytes"),
                     Query(
                         top_filter(
-                            f"pg_table_reclaimable_ratio{{{ID}}}",
+                            f"pg_table_reclaimable_ratio{{{OBJ}}}",
                             TABLE_KEY,
                             f"topk(10, {RECLAIMABLE})",
                         ),
@@ -598,15 +602,15 @@ TABLES_INDEXES = Dashboard(
                     " the leaves are: a fresh index is near its fillfactor (90 %); far below,"
                     " REINDEX CONCURRENTLY gives space back.",
                     Query(
-                        f"topk(10, pg_index_leaf_free_bytes{{{ID}}})",
+                        f"topk(10, pg_index_leaf_free_bytes{{{OBJ}}})",
                         column="free in leaves",
                         unit="bytes",
                     ),
                     Query(
                         top_filter(
-                            f"pg_index_leaf_density_ratio{{{ID}}}",
+                            f"pg_index_leaf_density_ratio{{{OBJ}}}",
                             INDEX_KEY,
-                            f"topk(10, pg_index_leaf_free_bytes{{{ID}}})",
+                            f"topk(10, pg_index_leaf_free_bytes{{{OBJ}}})",
                         ),
                         column="leaf density",
                     ),
@@ -623,12 +627,14 @@ TABLES_INDEXES = Dashboard(
                     " size, 25 least-scanned indexes.",
                     Query(LEAST_SCANNED, column="scans"),
                     Query(
-                        top_filter(f"pg_index_size_bytes{{{ID}}}", INDEX_KEY, LEAST_SCANNED),
+                        top_filter(f"pg_index_size_bytes{{{OBJ}}}", INDEX_KEY, LEAST_SCANNED),
                         column="size",
                         unit="bytes",
                     ),
                     Query(
-                        top_filter(f"pg_index_tuples_read_total{{{ID}}}", INDEX_KEY, LEAST_SCANNED),
+                        top_filter(
+                            f"pg_index_tuples_read_total{{{OBJ}}}", INDEX_KEY, LEAST_SCANNED
+                        ),
                         column="entries read",
                     ),
                     sort_by=("scans", False),
@@ -637,7 +643,7 @@ TABLES_INDEXES = Dashboard(
                     "Index scans per second, top 10",
                     "The busiest indexes.",
                     Query(
-                        f"topk(10, rate(pg_index_scans_total{{{ID}}}[$__rate_interval]))",
+                        f"topk(10, rate(pg_index_scans_total{{{OBJ}}}[$__rate_interval]))",
                         INDEX_LEGEND,
                     ),
                     unit="ops",
@@ -646,20 +652,20 @@ TABLES_INDEXES = Dashboard(
                     "Unused indexes",
                     "Never scanned since the statistics were reset and needed by no constraint:"
                     " the space dropping each would reclaim.",
-                    Query(f"pg_index_unused_size_bytes{{{ID}}}", column="size", unit="bytes"),
+                    Query(f"pg_index_unused_size_bytes{{{OBJ}}}", column="size", unit="bytes"),
                     sort_by=("size", True),
                 ),
                 table(
                     "Duplicate indexes",
                     "Indexes that exactly duplicate another index of the same table.",
-                    Query(f"pg_index_duplicate_size_bytes{{{ID}}}", column="size", unit="bytes"),
+                    Query(f"pg_index_duplicate_size_bytes{{{OBJ}}}", column="size", unit="bytes"),
                     sort_by=("size", True),
                 ),
                 table(
                     "Invalid indexes",
                     "Left by a failed CREATE INDEX CONCURRENTLY: unused by queries, still"
                     " maintained on writes.",
-                    Query(f"pg_index_invalid{{{ID}}}", column="invalid"),
+                    Query(f"pg_index_invalid{{{OBJ}}}", column="invalid"),
                 ),
                 table(
                     "Foreign keys without an index",
@@ -671,7 +677,7 @@ TABLES_INDEXES = Dashboard(
                     "Sequential scans per second, top 10 tables",
                     "Tables read by sequential scans: on a large table, an index may be missing.",
                     Query(
-                        f"topk(10, rate(pg_table_seq_scans_total{{{ID}}}[$__rate_interval]))",
+                        f"topk(10, rate(pg_table_seq_scans_total{{{OBJ}}}[$__rate_interval]))",
                         TABLE_LEGEND,
                     ),
                     unit="ops",
@@ -680,7 +686,8 @@ TABLES_INDEXES = Dashboard(
                     "Rows read by sequential scans per second, top 10",
                     "Live rows fetched by sequential scans.",
                     Query(
-                        f"topk(10, rate(pg_table_seq_tuples_read_total{{{ID}}}[$__rate_interval]))",
+                        "topk(10, rate(pg_table_seq_tuples_read_total"
+                        f"{{{OBJ}}}[$__rate_interval]))",
                         TABLE_LEGEND,
                     ),
                     unit="rowsps",
@@ -750,7 +757,7 @@ TABLES_INDEXES = Dashboard(
                     " monitoring role may read.",
                     [
                         Query(
-                            f"topk(10, pg_sequence_used_ratio{{{ID}}})",
+                            f"topk(10, pg_sequence_used_ratio{{{OBJ}}})",
                             "{{datname}} {{schemaname}}.{{sequencename}}",
                         )
                     ],

@@ -50,6 +50,17 @@ class ColumnSpec(_Strict):
     # Statement text: its literals are redacted before the value leaves the exporter, and it
     # obeys the query_text settings (exporter/redact.py).
     redact: Literal["sql"] | None = None
+    # How the objects left out of a per-object collector's series budget are summed into
+    # their database's `__other__` series: counters always are; a gauge only when its values
+    # add up (sizes, row counts), never a ratio, a threshold or a timestamp.
+    rollup: Literal["sum", "none"] | None = None
+
+    @property
+    def rolls_up(self) -> bool:
+        """Tell whether the column is summed into the `__other__` series of its database."""
+        if self.rollup is not None:
+            return self.rollup == "sum"
+        return self.usage == "counter"
 
     @model_validator(mode="after")
     def _buckets_only_for_histograms(self) -> ColumnSpec:
@@ -68,6 +79,8 @@ class ColumnSpec(_Strict):
             raise ValueError(f"'scale' and 'default' do not apply to a {self.usage} column")
         if self.redact is not None and self.usage != "label":
             raise ValueError("'redact' applies to label columns only")
+        if self.rollup is not None and self.usage not in ("gauge", "counter"):
+            raise ValueError("'rollup' is only for gauge and counter columns")
         return self
 
 
@@ -125,6 +138,31 @@ class InfoSpec(_Strict):
         return self
 
 
+class ObjectsSpec(_Strict):
+    """The objects a per-object collector has a row for, and what makes one worth a series.
+
+    Past the series budget, an object keeps its own series only if it ranks in the top N by
+    one of the measures of any collector of its kind (`rank`: largest values; `rank_increase`:
+    largest increase since the previous scrape, for counters), or if a measure is past an
+    alert's threshold (`select`: column -> threshold name); the rest is summed per database.
+    """
+
+    # Objects of one kind are selected together, across collectors: a table chosen for its
+    # dead tuples keeps its sizes, I/O and indexes too, so dashboards can join them.
+    kind: str = Field(default="table", pattern=COLLECTOR_NAME.pattern)
+    # The label columns that name the object within its database, e.g. schemaname, relname.
+    key: tuple[str, ...] = Field(min_length=1)
+    # A measure is a metric column, or several joined by '+' (their sum).
+    rank: tuple[str, ...] = ()
+    rank_increase: tuple[str, ...] = ()
+    select: dict[str, str] = Field(default_factory=dict)
+
+    def measures(self) -> list[str]:
+        """Return every column the ranking and the selection read."""
+        named = [*self.rank, *self.rank_increase, *self.select]
+        return [column for measure in named for column in measure.split("+")]
+
+
 class CollectorSpec(_Strict):
     """One collector: what it asks PostgreSQL and how the answer becomes metrics."""
 
@@ -150,6 +188,7 @@ class CollectorSpec(_Strict):
     variants: tuple[VariantSpec, ...] = Field(alias="variant", min_length=1)
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     info: InfoSpec | None = None
+    objects: ObjectsSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSpec:
@@ -184,6 +223,8 @@ class CollectorSpec(_Strict):
         if self.info is not None:
             self._check_info(self.info)
         check_variants_disjoint(self.variants)
+        if self.objects is not None:
+            self._check_objects(self.objects)
         return self
 
     def _check_info(self, info: InfoSpec) -> None:
@@ -201,6 +242,21 @@ class CollectorSpec(_Strict):
             raise ValueError(f"info.name: {name!r} is not a metric name this collector may use")
         if name in [self.metric_name(c) for c, s in self.columns.items() if s.usage != "label"]:
             raise ValueError(f"info.name: {name!r} is also a column's metric")
+
+    def _check_objects(self, objects: ObjectsSpec) -> None:
+        if self.scope != "database":
+            raise ValueError("objects: only a database-scoped collector has per-object rows")
+        if "datname" in objects.key:
+            raise ValueError("objects.key: the database is implied; name the object within it")
+        for column in objects.key:
+            if self.columns.get(column, _NO_COLUMN).usage != "label":
+                raise ValueError(f"objects.key: {column!r} is not a declared label column")
+        for column in objects.measures():
+            if self.columns.get(column, _NO_COLUMN).usage not in ("gauge", "counter"):
+                raise ValueError(f"objects: {column!r} is not a declared gauge or counter column")
+        for column in (c for measure in objects.rank_increase for c in measure.split("+")):
+            if self.columns[column].usage != "counter":
+                raise ValueError(f"objects.rank_increase: {column!r} is not a counter")
 
     def metric_name(self, column: str) -> str:
         """Return the full metric (family) name of a metric column."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__
+from exporter.budget import check_thresholds
 from exporter.catalog import Catalog, load_catalog
 from exporter.errors import ExporterError
 from exporter.fleet import Fleet, build_fleet
@@ -87,6 +88,7 @@ def load(
         query_files=settings.extend_query_path,
         disabled=settings.disabled_collectors,
     )
+    check_thresholds(catalog.collectors)
     unknown = sorted(set(settings.disabled_collectors) - set(catalog.sources))
     if unknown:
         raise ExporterError(f"disabled_collectors: no collector named {unknown[0]!r}")

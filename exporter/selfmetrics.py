@@ -83,6 +83,23 @@ INCOMPLETE = SelfMetric(
     "1 when this answer had to go before the collection it joined finished (that collection"
     " had a longer budget): only pg_up, from that collection's round trip, on this scrape.",
 )
+OBJECTS_CHOSEN = SelfMetric(
+    "pg_exporter_objects_chosen",
+    "gauge",
+    ("kind", "reason"),
+    "Objects (tables, sequences) of per-object collectors that have their own series on this"
+    " scrape, by why: under_budget (no more objects than object_budget), threshold (past an"
+    " alert's threshold), top_n (in the top object_top_n of a measure), held (qualified within"
+    " object_hold_seconds).",
+)
+OBJECTS_ROLLED_UP = SelfMetric(
+    "pg_exporter_objects_rolled_up",
+    "gauge",
+    ("collector", "datname", "reason"),
+    "Objects of a per-object collector summed into its database's __other__ series on this"
+    " scrape instead of having their own: not_ranked (over the budget and not chosen) or"
+    " excluded (by the object include/exclude patterns).",
+)
 SELF_METRICS = (
     UP,
     SCRAPE_DURATION,
@@ -95,6 +112,8 @@ SELF_METRICS = (
     DROPPED,
     DATABASES,
     INCOMPLETE,
+    OBJECTS_CHOSEN,
+    OBJECTS_ROLLED_UP,
 )
 
 

@@ -149,8 +149,27 @@ def _target_section(target: Target, link: str) -> str:
         f" ({html.escape(target.kind)})</h2><p>{html.escape(target.public_dsn)}</p>"
         '<table border="1" cellpadding="4">'
         "<tr><th>collector</th><th>database</th><th>last scrape</th></tr>"
-        f"{rows or NOT_SCRAPED}</table>"
+        f"{rows or NOT_SCRAPED}</table>{_budget_section(target)}"
     )
+
+
+def _budget_section(target: Target) -> str:
+    """Say which objects had series of their own on the last scrape, and what was summed."""
+    lines = []
+    for kind, choice in sorted(target.budget.last_choices.items()):
+        kept = sum(choice.reasons().values())
+        why = ", ".join(f"{reason} {count}" for reason, count in sorted(choice.reasons().items()))
+        lines.append(f"{kind}: {kept:,} of {choice.objects:,} with series of their own ({why})")
+    left_out: dict[tuple[str, str], int] = {}
+    for item in target.last_rolled_up:
+        key = (item.datname, item.reason)
+        left_out[key] = max(left_out.get(key, 0), item.objects)
+    for (datname, reason), count in sorted(left_out.items()):
+        lines.append(f"{datname}: {count:,} objects summed into __other__ ({reason})")
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<p>Series budget (object_budget {target.settings.object_budget}):</p><ul>{items}</ul>"
 
 
 async def landing(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -46,6 +47,19 @@ _UNIT_SECONDS = {
 }
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """How many objects of a kind get their own series, per target, and for how long."""
+
+    budget: int = 250
+    top_n: int = 20
+    hold_seconds: float = 900.0
+    include_schemas: tuple[str, ...] = ()
+    exclude_schemas: tuple[str, ...] = ()
+    include_tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
 
 
 class TargetSettings(BaseModel):
@@ -139,6 +153,13 @@ class Settings(BaseSettings):
     matview_refresh_interval_default: str = "15 minutes"
     #: Where the health page's runbook links point: the exporter's own copy by default.
     runbook_url: str = "/runbook"
+    object_budget: int = Field(default=250, ge=1)
+    object_top_n: int = Field(default=20, ge=1, le=1000)
+    object_hold_seconds: float = Field(default=900.0, ge=0)
+    include_schemas: list[str] = []
+    exclude_schemas: list[str] = []
+    include_tables: list[str] = []
+    exclude_tables: list[str] = []
     application_name: str = "pg-health-exporter"
     gzip_level: int = Field(default=1, ge=1, le=9)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -180,7 +201,14 @@ class Settings(BaseSettings):
                 )
         return mapping
 
-    @field_validator("include_databases", "exclude_databases")
+    @field_validator(
+        "include_databases",
+        "exclude_databases",
+        "include_schemas",
+        "exclude_schemas",
+        "include_tables",
+        "exclude_tables",
+    )
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
@@ -215,6 +243,18 @@ class Settings(BaseSettings):
     def statement_text_length(self) -> int:
         """Return how much statement text a label may carry: 0 when none is published."""
         return self.query_text_max_length if self.query_text else 0
+
+    def budget_settings(self) -> BudgetSettings:
+        """Return the settings of the per-object series budget."""
+        return BudgetSettings(
+            budget=self.object_budget,
+            top_n=self.object_top_n,
+            hold_seconds=self.object_hold_seconds,
+            include_schemas=tuple(self.include_schemas),
+            exclude_schemas=tuple(self.exclude_schemas),
+            include_tables=tuple(self.include_tables),
+            exclude_tables=tuple(self.exclude_tables),
+        )
 
     def sql_parameters(self) -> dict[str, Any]:
         """Return the values a collector's SQL may reference as %(name)s."""

@@ -223,6 +223,27 @@ class RowRenderer:
             redacted[index] = statement_label(text, self.statement_text_length)
         return redacted
 
+    def render_total(self, values: Sequence[Any], summed: Sequence[int]) -> int:
+        """Write one row of totals: only the metric columns at `summed`, no defaults; return
+        the series written."""
+        block = label_block(
+            self.label_names, [values[i] for i in self.label_indexes], self.fixed_labels
+        )
+        wanted = set(summed)
+        series = 0
+        for metric in self.metrics:
+            if metric.index not in wanted or metric.parts is not None or metric.buckets:
+                continue
+            number = to_number(values[metric.index])
+            if number is None:
+                continue
+            if metric.scale is not None:
+                number = number * metric.scale
+            text = str(number) if type(number) is int else format_float(number)
+            metric.family.lines.append(f"{metric.family.name}{block} {text}\n")
+            series += 1
+        return series
+
     def _render_by_column(self, rows: Sequence[Sequence[Any]]) -> CollectorOutput | None:
         """Render column by column: the common case, with no duplicate and no cut possible.
 

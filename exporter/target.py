@@ -21,6 +21,14 @@ from psycopg import Column
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from exporter.budget import (
+    Answer,
+    ObjectBudget,
+    ObjectRows,
+    RolledUp,
+    budget_families,
+    render_chosen,
+)
 from exporter.catalog import CollectorSpec
 from exporter.dsn import redact_dsn, scrub, secrets_of
 from exporter.errors import CollectorFailed
@@ -65,6 +73,8 @@ class CollectorRun:
     duration: float = 0.0
     cached: bool = False
     started: bool = False  # its query was sent (a run still queued at the deadline was not)
+    # A per-object collector's rows, rendered once the scrape's objects are chosen.
+    rows: ObjectRows | None = None
 
 
 @dataclass
@@ -94,6 +104,7 @@ class _CacheEntry:
     output: CollectorOutput | None
     skipped: str | None = None
     error: str | None = None  # a background refresh failed: served until the next one
+    rows: ObjectRows | None = None
 
 
 @dataclass
@@ -153,12 +164,15 @@ class Target:
         self._refresh_slots = {"quick": asyncio.Semaphore(1), "slow": asyncio.Semaphore(1)}
         # Every collector's error counter exists from the start, so increase() sees the first.
         self._counters = _Counters(errors={spec.name: 0 for spec in self.collectors})
+        self._specs = {spec.name: spec for spec in self.collectors}
         self._inflight: asyncio.Task[Snapshot] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._inflight_up: bool | None = None
         self._logged: set[tuple[str, str]] = set()
         self._was_up: bool | None = None
         self.last_runs: list[CollectorRun] = []
+        self.budget = ObjectBudget(settings.budget_settings())
+        self.last_rolled_up: list[RolledUp] = []
         self._last_seconds: dict[tuple[str, str], float] = {}
 
     def _make_pool(self, conninfo: str, *, min_size: int, max_size: int) -> AsyncConnectionPool:
@@ -393,7 +407,8 @@ class Target:
                 self._abandon(task)
         for name, database_runs in pending_runs.items():
             for query, run in zip(work[name], database_runs, strict=True):
-                if run.output is None and run.error is None and run.skipped is None:
+                answered = run.output is not None or run.rows is not None
+                if not answered and run.error is None and run.skipped is None:
                     run.error = "scrape deadline exceeded"
                     # A ttl collector slower than the budget gets its first answer in the
                     # background, as its later ones: a later scrape serves it. One that
@@ -401,7 +416,30 @@ class Target:
                     if query.spec.ttl > 0 and run.started:
                         self._start_refresh(name, name == server.database, query, run.datname)
             runs.extend(database_runs)
+        self._render_objects(runs)
         return runs
+
+    def _render_objects(self, runs: list[CollectorRun]) -> None:
+        """Choose the objects that get their own series, then render the per-object rows."""
+        answers = [
+            (run, Answer(spec, run.datname, run.rows, fresh=not run.cached))
+            for run in runs
+            if run.rows is not None
+            and run.error is None
+            and (spec := self._specs[run.collector]).objects is not None
+        ]
+        choices = self.budget.choose([answer for _, answer in answers], time.monotonic())
+        rolled_up: list[RolledUp] = []
+        for run, answer in answers:
+            assert answer.spec.objects is not None
+            try:
+                run.output, left_out = render_chosen(answer, choices[answer.spec.objects.kind])
+            except CollectorFailed as exc:
+                run.error = str(exc)
+                continue
+            rolled_up.extend(left_out)
+            run.rows = None
+        self.last_rolled_up = rolled_up
 
     async def _forget_databases_except(self, keep: set[str]) -> None:
         """Close the pools and drop the cache of databases no longer scraped (dropped, say)."""
@@ -413,6 +451,7 @@ class Target:
             await self._database_pools.pop(name).close()
         # Whether or not it had a pool (pools are replaced after an outage): a database that
         # comes back must not be served an old answer.
+        self.budget.forget_databases_except(keep)
         for by_run in (self._cache, self._last_seconds, self._info):
             for key in [key for key in by_run if key[1] and key[1] not in keep]:
                 del by_run[key]
@@ -496,7 +535,12 @@ class Target:
             except (psycopg.Error, PoolTimeout) as exc:
                 message = self._describe(exc)
                 for run in runs:
-                    if run.output is None and run.skipped is None and run.error is None:
+                    if (
+                        run.output is None
+                        and run.rows is None
+                        and run.skipped is None
+                        and not run.error
+                    ):
                         run.error = message
 
     def _serve_stale(
@@ -520,6 +564,7 @@ class Target:
     @staticmethod
     def _serve(cached: _CacheEntry, run: CollectorRun) -> None:
         run.output, run.skipped, run.error = cached.output, cached.skipped, cached.error
+        run.rows = cached.rows
         run.cached = True
 
     def _start_refresh(self, database: str, main: bool, query: PlannedQuery, datname: str) -> None:
@@ -573,7 +618,7 @@ class Target:
             took = time.monotonic() - started
             keep = min(spec.ttl, max(FAILED_REFRESH_RETRY_SECONDS, 4 * took))
         self._cache[(spec.name, datname)] = _CacheEntry(
-            time.monotonic() + keep, run.output, run.skipped, run.error
+            time.monotonic() + keep, run.output, run.skipped, run.error, run.rows
         )
         self._count_output(run)
         if run.error:
@@ -642,8 +687,13 @@ class Target:
                 datname=datname,
                 statement_text_length=self.settings.statement_text_length,
             )
-            run.output = renderer.render(rows)
-            if self._wants_info(spec):
+            if spec.objects is not None:
+                # Rendered once the scrape's objects are chosen (the renderer checked the
+                # columns).
+                run.rows = ObjectRows(tuple(names), rows)
+            else:
+                run.output = renderer.render(rows)
+            if self._wants_info(spec) and run.output is not None:
                 family = await self._info_family(conn, spec, run.datname, renderer, rows)
                 run.output.families.append(family)
                 run.output.series += len(family.lines)
@@ -662,8 +712,11 @@ class Target:
         finally:
             run.duration = time.monotonic() - started
         # A predicate that said no is as stable as the answer: both keep for the ttl.
-        if spec.ttl > 0 and (run.output is not None or run.skipped == PREDICATE_FALSE):
-            self._cache[key] = _CacheEntry(started + spec.ttl, run.output, run.skipped)
+        answered = run.output is not None or run.rows is not None
+        if spec.ttl > 0 and (answered or run.skipped == PREDICATE_FALSE):
+            self._cache[key] = _CacheEntry(
+                started + spec.ttl, run.output, run.skipped, rows=run.rows
+            )
 
     def _wants_info(self, spec: CollectorSpec) -> bool:
         """Tell whether to publish the collector's info family (none for text when off)."""
@@ -780,13 +833,17 @@ class Target:
                 self._log_once(run)
         # The landing page needs each run's state, not its samples.
         self.last_runs = [
-            dataclasses.replace(run, output=CollectorOutput([], run.output.series))
-            if run.output is not None
-            else run
+            dataclasses.replace(
+                run,
+                output=None if run.output is None else CollectorOutput([], run.output.series),
+                rows=None,
+            )
             for run in runs
         ]
         duration = time.monotonic() - started
         families = merge_families(run.output.families for run in runs if run.output is not None)
+        if up:
+            families.extend(budget_families(self.budget.last_choices, self.last_rolled_up))
         families.extend(
             self_families(
                 up=up,
