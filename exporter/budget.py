@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from exporter import thresholds
 from exporter.catalog import CollectorSpec, ColumnSpec, ObjectsSpec
 from exporter.errors import CatalogError
 from exporter.selfmetrics import OBJECTS_CHOSEN, OBJECTS_ROLLED_UP
@@ -34,26 +35,30 @@ from exporter.snapshot import CollectorOutput, Family, RowRenderer, label_block
 #: The label value of the series that sums the objects left out, in every object label.
 OTHER = "__other__"
 
-# The alert numbers the selection needs, by threshold name: the metric each applies to, the
-# number, and whether values above it (True) or below it are past it. The same numbers as
-# dashboards/alerts.yml; replaced by exporter/thresholds.py once that lands.
-_ALERT_THRESHOLDS: dict[str, tuple[tuple[str, float, bool], ...]] = {
-    "dead_tuples": (("pg_table_dead_tuples", 10000.0, True),),
-    "autovacuum_due": (("pg_table_autovacuum_vacuum_due_ratio", 1.0, True),),
-    "sequence_exhaustion": (("pg_sequence_used_ratio", 0.8, True),),
-}
-
 
 def alert_threshold(name: str, metric: str) -> tuple[float, bool]:
     """Return (number, above) of alert threshold `name` as it applies to `metric`.
 
+    The number is the check's first level (warning, else critical) when the check reads
+    `metric`, or its guard's when the guard does (dead tuples: the ratio alerts only on tables
+    with more than 10,000 dead rows, so every table past those is chosen).
+
     >>> alert_threshold("autovacuum_due", "pg_table_autovacuum_vacuum_due_ratio")
-    (1.0, True)
+    (1, True)
+    >>> alert_threshold("dead_tuples", "pg_table_dead_tuples")
+    (10000, True)
     """
-    for applies_to, number, above in _ALERT_THRESHOLDS.get(name, ()):
-        if applies_to == metric:
-            return number, above
-    raise CatalogError(f"no alert threshold {name!r} applies to {metric}")
+    try:
+        check = thresholds.by_name(name)
+    except KeyError as exc:
+        raise CatalogError(str(exc).strip("\"'")) from None
+    if check.metric == metric:
+        number = check.warning if check.warning is not None else check.critical
+        if number is not None:
+            return number, check.above
+    if check.guard is not None and check.guard.metric == metric:
+        return check.guard.value, check.guard.op in (">", ">=")
+    raise CatalogError(f"threshold {name!r} does not apply to {metric}")
 
 
 def check_thresholds(specs: Iterable[CollectorSpec]) -> None:

@@ -225,7 +225,7 @@ def test_the_budget_caps_the_threshold_crossers() -> None:
 def test_builtin_thresholds_resolve() -> None:
     check_thresholds(load_catalog().collectors)
     spec = TABLES.replace('"dead_tuples"', '"no_such_alert"')
-    with pytest.raises(CatalogError, match="no_such_alert"):
+    with pytest.raises(CatalogError, match="no threshold 'no_such_alert'"):
         check_thresholds([load_collector_file("x.toml", spec)])
 
 
