@@ -1,5 +1,6 @@
 # pg-health-exporter: a small runtime image that runs as a non-root user.
 #
+#   scripts/build-image            # buildah or docker, with the version labels filled in
 #   docker build -t pg-health-exporter .
 #   docker run -p 9187:9187 -e DATA_SOURCE_NAME='postgresql://monitor:...@db:5432/postgres' \
 #       pg-health-exporter
@@ -9,15 +10,24 @@
 # image, so no pip cache, wheel or build tool ends up in the runtime layers. The collector
 # catalog (queries/*.toml) is package data inside the installed package; the Grafana
 # dashboards and alert rules are copied to /usr/share/pg-health-exporter/dashboards.
+#
+# The base is any Debian-like image with python3 (3.11+) and its venv module: the default is
+# the registry's python image; the test suite builds on a Debian 12 base made with debootstrap
+# (python3, python3-venv), where the registry cannot be reached.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 
+# A CA bundle for pip, for builders behind a TLS-inspecting proxy: mount it into the build
+# (buildah bud -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro) and pass
+# --build-arg PIP_CERT=/run/host-ca.crt. Unset, pip uses its own bundle.
+ARG PIP_CERT
+
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN python -m venv /opt/pg-health-exporter
+RUN python3 -m venv /opt/pg-health-exporter
 
 WORKDIR /src
 # Only what the package is built from (.dockerignore keeps the rest out of the context).
@@ -36,9 +46,18 @@ RUN /opt/pg-health-exporter/bin/pip install --only-binary=:all: . \
 
 FROM ${PYTHON_IMAGE}
 
+# Filled in by scripts/build-image: the project's version (pyproject.toml), the commit and
+# where its source is (the git remote).
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG SOURCE=unknown
+
 LABEL org.opencontainers.image.title="pg-health-exporter" \
       org.opencontainers.image.description="Prometheus exporter for PostgreSQL health" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
 
 # A fixed numeric UID/GID, so that runAsNonRoot policies can verify it without a passwd lookup.
 RUN groupadd --system --gid 10001 exporter \
