@@ -19,10 +19,10 @@ machine's CA bundle mounted aside for pip (``/run/host-ca.crt``; mounting over
 ``/etc/ssl/certs`` would break dpkg in the base) and the OCI labels filled in: version from
 pyproject.toml, revision from ``git rev-parse HEAD``, source from the git remote.
 
-``--reuse``: the tag is compared with a digest of the build context (every file the
-Dockerfile may copy, the Dockerfile, the base image's id); when the image under the tag was
-built from the same digest, nothing is built. The test suite runs once per PostgreSQL major
-and uses this so that one CI run builds the image once.
+``--reuse``: the tag is compared with a digest of what the image is made from (every file
+of the checkout that git tracks or would, the commit, the base image's id); when the image
+under the tag was built from the same digest, nothing is built. The test suite runs once
+per PostgreSQL major and uses this so that one CI run builds the image once.
 
 Prints the image name on stdout; progress on stderr. Needs root (buildah with vfs storage,
 debootstrap). Exit status 1 on failure.
@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def run(args: Sequence[str], *, capture: bool = False, timeout: float = 1800) ->
     )
     if proc.returncode != 0:
         tail = (proc.stderr or "")[-2000:] if capture else ""
-        raise BuildError(f"{args[0]} {args[1] if len(args) > 1 else ''} failed: {tail}".strip())
+        raise BuildError(f"{' '.join(args[:4])} ... failed: {tail}".strip())
     return proc.stdout if capture else ""
 
 
@@ -166,31 +166,30 @@ def ensure_base() -> str:
     return BASE_IMAGE
 
 
-def _context_files() -> Iterator[Path]:
-    """Yield the files the Dockerfile may copy, as .dockerignore lets them through."""
-    for top in (
-        "pyproject.toml",
-        "README.md",
-        "config.example.toml",
-        "Dockerfile",
-        ".dockerignore",
-    ):
-        yield ROOT / top
-    for directory in ("exporter", "queries", "dashboards"):
-        for path in sorted((ROOT / directory).rglob("*")):
-            relative = path.relative_to(ROOT).parts
-            if not path.is_file() or "__pycache__" in relative or path.suffix in {".pyc", ".pyo"}:
-                continue
-            if relative[:2] == ("dashboards", "tests"):
-                continue
-            yield path
+def _context_files() -> list[Path] | None:
+    """Return every file of the checkout git knows of or would (None outside a git checkout).
+
+    Wider than what .dockerignore lets through, on purpose: a reuse must never miss a change.
+    """
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return None
+    names = sorted({name for name in proc.stdout.decode().split("\0") if name})
+    return [ROOT / name for name in names if (ROOT / name).is_file()]
 
 
-def context_digest(base: str, revision: str) -> str:
+def context_digest(base: str, revision: str) -> str | None:
     """Return a digest of everything the image is made from: files, base, labelled revision."""
+    files = _context_files()
+    if files is None:
+        return None
     digest = hashlib.sha256()
     digest.update((image_id(base) or base).encode() + b"\0" + revision.encode() + b"\0")
-    for path in _context_files():
+    for path in files:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -213,7 +212,7 @@ def build(tag: str, base: str, *, reuse: bool) -> str:
     """Build the image under ``tag`` (unless ``reuse`` finds it built from the same context)."""
     revision = _git("rev-parse", "HEAD") or "unknown"
     digest = context_digest(base, revision)
-    if reuse and image_id(tag) is not None:
+    if reuse and digest is not None and image_id(tag) is not None:
         labels = _labels(inspect_image(tag))
         if labels.get(DIGEST_LABEL) == digest:
             log(f"{tag} is up to date (context {digest}): not rebuilt")
@@ -240,7 +239,7 @@ def build(tag: str, base: str, *, reuse: bool) -> str:
             "docker",
             *volumes,
             *(f"--build-arg={key}={value}" for key, value in build_args.items()),
-            f"--label={DIGEST_LABEL}={digest}",
+            f"--label={DIGEST_LABEL}={digest or 'none'}",
             "-f",
             str(ROOT / "Dockerfile"),
             "-t",

@@ -178,6 +178,8 @@ def test_scrape_of_the_image_reaches_postgresql(running: Running) -> None:
     metrics = running.get("/metrics")
     assert "\npg_up 1.0\n" in f"\n{metrics}" or "\npg_up 1\n" in f"\n{metrics}", metrics[:2000]
     assert "pg_exporter_collector_success" in metrics
+    # The runbook every alert links to is package data: served from the image too.
+    assert "<h2" in running.get("/runbook")
 
 
 def test_exporter_process_runs_as_the_images_non_root_user(
