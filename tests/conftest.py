@@ -1,4 +1,5 @@
-"""Real PostgreSQL servers for the suite: PG_TEST_DSN, testcontainers, or local binaries."""
+"""The suite's fixtures: its PostgreSQL server (PG_TEST_DSN, testcontainers, or local binaries),
+a database per test, and the exporter's app on a test server. Helpers are in tests/support.py."""
 
 from __future__ import annotations
 
@@ -6,45 +7,21 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from exporter.catalog import CollectorSpec
 from exporter.localpg import LocalPostgres
-
-MONITOR_ROLE = "pghe_monitor"
-MONITOR_PASSWORD = "monitor-S3cret-pw"
-
-
-@dataclass(frozen=True)
-class Server:
-    """A running server: an admin DSN to build situations, a pg_monitor DSN for the exporter."""
-
-    admin_dsn: str
-    local: LocalPostgres | None
-
-    def admin(self, dbname: str = "postgres") -> str:
-        """Return the superuser DSN for a database."""
-        return make_conninfo(self.admin_dsn, dbname=dbname)
-
-    def monitor(self, dbname: str = "postgres") -> str:
-        """Return the DSN of the least-privileged role the exporter runs as."""
-        return make_conninfo(
-            self.admin_dsn, dbname=dbname, user=MONITOR_ROLE, password=MONITOR_PASSWORD
-        )
-
-    @property
-    def version_num(self) -> int:
-        """Return server_version_num."""
-        with psycopg.connect(self.admin_dsn) as conn:
-            row = conn.execute("SHOW server_version_num").fetchone()
-        assert row is not None
-        return int(row[0])
+from exporter.server import build_app
+from exporter.target import Target
+from tests.support import AppExporter, ExporterFactory, Server, make_settings, prepare_server
 
 
 def _docker_engine_answers() -> bool:
@@ -63,26 +40,12 @@ def _docker_engine_answers() -> bool:
         return False
 
 
-def _prepare(admin_dsn: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        exists = conn.execute(
-            "SELECT 1 FROM pg_roles WHERE rolname = %s", (MONITOR_ROLE,)
-        ).fetchone()
-        if not exists:
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor").format(
-                    sql.Identifier(MONITOR_ROLE), sql.Literal(MONITOR_PASSWORD)
-                )
-            )
-
-
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Server]:
     """Return the suite's PostgreSQL server, started once per session."""
     external = os.environ.get("PG_TEST_DSN")
     if external:
-        _prepare(external)
+        prepare_server(external)
         yield Server(external, None)
         return
     if os.environ.get("PG_BIN") is None and _docker_engine_answers():
@@ -96,13 +59,13 @@ def pg() -> Iterator[Server]:
             ) as container:
                 params = conninfo_to_dict(container.get_connection_url().replace("+psycopg2", ""))
                 dsn = make_conninfo("", **params)
-                _prepare(dsn)
+                prepare_server(dsn)
                 yield Server(dsn, None)
                 return
     local = LocalPostgres(settings={"track_io_timing": "on", "max_connections": "200"})
     local.start()
     try:
-        _prepare(local.dsn())
+        prepare_server(local.dsn())
         yield Server(local.dsn(), local)
     finally:
         local.cleanup()
@@ -123,3 +86,30 @@ def database(pg: Server) -> Iterator[str]:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
         )
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+_application_numbers = itertools.count(1)
+
+
+@pytest.fixture
+async def exporter_for() -> AsyncIterator[ExporterFactory]:
+    """Return a factory: exporter_for(dsn, collectors, **settings) -> a serving AppExporter.
+
+    Each exporter has its own application_name, so its sessions can be counted in
+    pg_stat_activity (tests.support.sessions, ConnectionWatch).
+    """
+    started: list[AppExporter] = []
+
+    async def make(dsn: str, collectors: Sequence[CollectorSpec], **overrides: Any) -> AppExporter:
+        application_name = f"pghe-resilience-{os.getpid()}-{next(_application_numbers)}"
+        settings = make_settings(dsn, application_name=application_name, **overrides)
+        target = Target("resilience", dsn, settings, collectors)
+        client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings, target)))
+        await client.start_server()
+        exporter = AppExporter(target, client, application_name)
+        started.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in started:
+        await exporter.client.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+from tests.support import REPOSITORY, free_port
 
 # Sets the open-file limit inside the child itself, then runs the exporter's command line.
 _LIMITED = """\
@@ -24,13 +23,6 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 sys.argv[0] = "pg-health-exporter"
 runpy.run_module("exporter", run_name="__main__")
 """
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -11,8 +11,7 @@ from exporter.catalog import Catalog, CollectorSpec, load_catalog, load_collecto
 from exporter.errors import CatalogError
 from exporter.settings import BudgetSettings
 from exporter.snapshot import RowRenderer
-from tests.conftest import Server
-from tests.helpers import CATALOG, Scrape, connect, flush_stats, scrape
+from tests.support import CATALOG, Scrape, Server, connect, flush_stats, scrape
 
 TABLES = """
 name = "tables"

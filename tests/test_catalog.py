@@ -19,24 +19,7 @@ import exporter.snapshot
 import exporter.webconfig
 from exporter.catalog import load_catalog, load_collector_file
 from exporter.errors import CatalogError
-
-GOOD = """
-name = "custom"
-help = "A user collector."
-namespace = "app"
-scope = "database"
-
-[[variant]]
-sql = "SELECT current_database() AS datname, 1 AS queue_depth"
-
-[columns.datname]
-usage = "label"
-description = "Database."
-
-[columns.queue_depth]
-usage = "gauge"
-description = "Jobs waiting."
-"""
+from tests.support import GOOD_COLLECTOR
 
 
 @pytest.mark.parametrize(
@@ -69,7 +52,7 @@ def test_builtin_catalog_loads_and_covers_every_profile() -> None:
 
 
 def test_a_good_user_file_loads(tmp_path: Path) -> None:
-    (tmp_path / "custom.toml").write_text(GOOD)
+    (tmp_path / "custom.toml").write_text(GOOD_COLLECTOR)
     catalog = load_catalog([tmp_path])
     assert "custom" in catalog.sources
     assert catalog.sources["custom"].endswith("custom.toml")
@@ -128,30 +111,32 @@ def test_a_broken_file_is_one_line_naming_the_field(
     tmp_path: Path, change: tuple[str, str], expected: str
 ) -> None:
     old, new = change
-    assert old in GOOD
-    assert expected in _error_for(tmp_path, GOOD.replace(old, new, 1))
+    assert old in GOOD_COLLECTOR
+    assert expected in _error_for(tmp_path, GOOD_COLLECTOR.replace(old, new, 1))
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
-    assert "not valid TOML" in _error_for(tmp_path, GOOD + "\n[columns.x\n")
+    assert "not valid TOML" in _error_for(tmp_path, GOOD_COLLECTOR + "\n[columns.x\n")
 
 
 def test_duplicate_collector_name_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "a.toml").write_text(GOOD)
-    (tmp_path / "b.toml").write_text(GOOD.replace('namespace = "app"', 'namespace = "app2"'))
+    (tmp_path / "a.toml").write_text(GOOD_COLLECTOR)
+    (tmp_path / "b.toml").write_text(
+        GOOD_COLLECTOR.replace('namespace = "app"', 'namespace = "app2"')
+    )
     with pytest.raises(CatalogError, match=r"b\.toml: name: collector 'custom' is already defined"):
         load_catalog([tmp_path])
 
 
 def test_metric_name_clash_across_files_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "a.toml").write_text(GOOD)
-    (tmp_path / "b.toml").write_text(GOOD.replace('name = "custom"', 'name = "other"'))
+    (tmp_path / "a.toml").write_text(GOOD_COLLECTOR)
+    (tmp_path / "b.toml").write_text(GOOD_COLLECTOR.replace('name = "custom"', 'name = "other"'))
     with pytest.raises(CatalogError, match="metric 'app_queue_depth' is already emitted"):
         load_catalog([tmp_path])
 
 
 def test_clash_with_a_builtin_metric_is_an_error(tmp_path: Path) -> None:
-    clash = GOOD.replace('namespace = "app"', 'namespace = "pg_table"').replace(
+    clash = GOOD_COLLECTOR.replace('namespace = "app"', 'namespace = "pg_table"').replace(
         "queue_depth", "dead_tuples"
     )
     (tmp_path / "a.toml").write_text(clash)
@@ -165,15 +150,15 @@ def test_missing_directory_is_an_error(tmp_path: Path) -> None:
 
 
 def test_histogram_needs_buckets() -> None:
-    text = GOOD.replace('usage = "gauge"', 'usage = "histogram"')
+    text = GOOD_COLLECTOR.replace('usage = "gauge"', 'usage = "histogram"')
     with pytest.raises(CatalogError, match="needs 'buckets'"):
         load_collector_file("h.toml", text)
 
 
 def test_histogram_series_names_clash_too(tmp_path: Path) -> None:
-    histogram = GOOD.replace('usage = "gauge"', 'usage = "histogram"\nbuckets = [1]')
+    histogram = GOOD_COLLECTOR.replace('usage = "gauge"', 'usage = "histogram"\nbuckets = [1]')
     (tmp_path / "a.toml").write_text(histogram)
-    gauge = GOOD.replace('name = "custom"', 'name = "other"').replace(
+    gauge = GOOD_COLLECTOR.replace('name = "custom"', 'name = "other"').replace(
         "queue_depth", "queue_depth_count"
     )
     (tmp_path / "b.toml").write_text(gauge)
@@ -229,7 +214,7 @@ def test_every_builtin_statement_text_is_redacted() -> None:
     ],
 )
 def test_bad_redact_and_info_declarations(tmp_path: Path, fragment: str, message: str) -> None:
-    text = GOOD.replace('[columns.queue_depth]\nusage = "gauge"', fragment)
+    text = GOOD_COLLECTOR.replace('[columns.queue_depth]\nusage = "gauge"', fragment)
     if not fragment.startswith("[columns"):
-        text = GOOD + "\n" + fragment + "\n"
+        text = GOOD_COLLECTOR + "\n" + fragment + "\n"
     assert message in _error_for(tmp_path, text)

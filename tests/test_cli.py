@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_catalog import GOOD
+from tests.support import GOOD_COLLECTOR
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -33,7 +33,7 @@ def test_check_config_accepts_the_example_config() -> None:
 def test_check_config_with_a_user_collector_dir(tmp_path: Path) -> None:
     collectors = tmp_path / "collectors"
     collectors.mkdir()
-    (collectors / "custom.toml").write_text(GOOD)
+    (collectors / "custom.toml").write_text(GOOD_COLLECTOR)
     config = tmp_path / "config.toml"
     config.write_text(f'collector_dirs = ["{collectors}"]\n')
     result = run("check-config", "--config", str(config))
@@ -52,7 +52,7 @@ def test_broken_collector_file_is_named(tmp_path: Path) -> None:
     collectors = tmp_path / "collectors"
     collectors.mkdir()
     broken = collectors / "broken.toml"
-    broken.write_text(GOOD.replace('usage = "gauge"', 'usage = "gaug"'))
+    broken.write_text(GOOD_COLLECTOR.replace('usage = "gauge"', 'usage = "gaug"'))
     config = tmp_path / "config.toml"
     config.write_text(f'collector_dirs = ["{collectors}"]\n')
     line = _one_line_error(run("check-config", "--config", str(config)))

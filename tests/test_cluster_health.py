@@ -23,8 +23,18 @@ from psycopg import sql
 
 from exporter.catalog import Catalog
 from exporter.localpg import LocalPostgres
-from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, Server
-from tests.helpers import CATALOG, Sample, Scrape, connect, flush_stats, scrape_async
+from tests.support import (
+    CATALOG,
+    MONITOR_PASSWORD,
+    MONITOR_ROLE,
+    Sample,
+    Scrape,
+    Server,
+    connect,
+    flush_stats,
+    scrape_async,
+    wait_for,
+)
 
 OWN_COLLECTORS = frozenset(
     {
@@ -97,15 +107,6 @@ async def scrape_until(
         await asyncio.sleep(0.2)
 
 
-def wait_for(condition: Callable[[], bool], *, what: str, deadline_seconds: float = 30) -> None:
-    """Poll a condition on the server's state (not on time) until it holds."""
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never saw {what} within {deadline_seconds:.0f} s")
-        time.sleep(0.05)
-
-
 def scalar(conn: psycopg.Connection[tuple[Any, ...]], query: str) -> Any:
     """Return the single value of a one-row, one-column query."""
     row = conn.execute(query).fetchone()
@@ -148,7 +149,7 @@ def wait_until_lock_waiting(admin: psycopg.Connection[tuple[Any, ...]], pid: int
         ).fetchone()
         return row is not None and row[0] == "Lock"
 
-    wait_for(waiting, what=f"pid {pid} waiting for a lock")
+    wait_for(f"pid {pid} waiting for a lock", waiting, timeout=30)
 
 
 def start_blocked_update(

@@ -9,8 +9,7 @@ import time
 import psycopg
 import pytest
 
-from tests.conftest import MONITOR_ROLE, Server
-from tests.helpers import Scrape, connect, flush_stats, scrape_async
+from tests.support import MONITOR_ROLE, Scrape, Server, connect, flush_stats, scrape_async
 
 
 async def test_every_collector_runs_without_error(pg: Server, database: str) -> None:

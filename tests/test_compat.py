@@ -12,8 +12,7 @@ from exporter.compat import load_queries_yaml
 from exporter.errors import CatalogError
 from exporter.exposition import encode
 from exporter.target import Target
-from tests.conftest import Server
-from tests.helpers import connect, flush_stats, make_settings, scrape_async
+from tests.support import Server, connect, flush_stats, make_settings, scrape_async
 
 QUERIES = Path(__file__).parent / "data" / "postgres_exporter_queries.yaml"
 

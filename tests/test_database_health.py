@@ -16,8 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import MONITOR_ROLE, Server
-from tests.helpers import Scrape, connect, flush_stats, scrape_async
+from tests.support import MONITOR_ROLE, Scrape, Server, connect, flush_stats, scrape_async
 
 DAY = 86400.0
 

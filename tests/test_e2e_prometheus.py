@@ -25,7 +25,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,18 +33,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
 import yaml
 
 from exporter.localpg import LocalPostgres
-from tests.helpers import connect
-from tests.test_dashboards import (
+from tests.dashboards_support import (
     DASHBOARDS,
     FAILING_COLLECTOR,
     RULE_FILES,
@@ -55,9 +53,10 @@ from tests.test_dashboards import (
     substitute,
     variable_queries,
 )
+from tests.support import connect, find_tool, free_port, needs_tool, wait_for
 
-PROMETHEUS = Path("/usr/bin/prometheus")
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+PROMETHEUS = find_tool("prometheus") or "/usr/bin/prometheus"
+PGBOUNCER = find_tool("pgbouncer") or "/usr/sbin/pgbouncer"
 MONITOR = "pghe_monitor"
 DATABASE = "helpdesk"
 MAX_CONNECTIONS = 100
@@ -66,17 +65,7 @@ HELD_BY_PGBOUNCER = "SELECT pg_sleep(599)"
 #: Everything waits within this many seconds of the stack being up.
 BUDGET_SECONDS = 60.0
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not PROMETHEUS.is_file(),
-        reason="no /usr/bin/prometheus (Debian package prometheus; .ci/run installs it)",
-    ),
-    pytest.mark.skipif(
-        not Path(PGBOUNCER).is_file(),
-        reason="no pgbouncer (Debian package pgbouncer; .ci/run installs it)",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_tool("prometheus"), needs_tool("pgbouncer")]
 
 
 #: PgBouncer's max_client_conn, and the idle clients the scenario opens through it: with the
@@ -109,25 +98,17 @@ EXPECTED_ALERTS: dict[tuple[str, str], dict[str, str]] = {
 }
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+T = TypeVar("T")
+
+#: What a check may raise while the stack is still coming up: it is asked again.
+TRANSIENT = (OSError, ValueError, psycopg.Error)
 
 
-def wait_for(what: str, check: Any, deadline: float) -> Any:
-    """Call ``check`` until it returns something true; fail at ``deadline`` (monotonic)."""
-    last: Any = None
-    while True:
-        with contextlib.suppress(OSError, ValueError, psycopg.Error):
-            last = check()
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last answer: {last!r}")
-        time.sleep(0.25)
+def wait_until(what: str, check: Callable[[], T], deadline: float) -> T:
+    """Call ``check`` every 0.25 s until it returns something true; fail at ``deadline``."""
+    return wait_for(
+        what, check, timeout=deadline - time.monotonic(), interval=0.25, ignore=TRANSIENT
+    )
 
 
 def http_json(url: str) -> Any:
@@ -319,7 +300,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             with psycopg.connect(bouncer, autocommit=True):
                 return True
 
-        wait_for("PgBouncer to accept connections", bouncer_answers, time.monotonic() + 15)
+        wait_until("PgBouncer to accept connections", bouncer_answers, time.monotonic() + 15)
         # Pool size 1: the first session holds the server connection, the second waits.
         bouncer_session(bouncer, "pghe-bouncer-holder", HELD_BY_PGBOUNCER, thread_errors)
 
@@ -334,7 +315,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     == (1,)
                 )
 
-        wait_for("PgBouncer's server connection to be held", pool_held, time.monotonic() + 15)
+        wait_until("PgBouncer's server connection to be held", pool_held, time.monotonic() + 15)
         bouncer_session(bouncer, "pghe-bouncer-waiter", "SELECT 1", thread_errors)
         # Idle clients of the other pool (they hold no server connection in transaction
         # mode): PgBouncer's clients near max_client_conn.
@@ -383,7 +364,7 @@ dsn = "{monitor} port={free_port()} connect_timeout=1"
                 )
             )
         exporter_url = f"http://127.0.0.1:{exporter_port}"
-        wait_for(
+        wait_until(
             "the exporter to serve",
             lambda: urllib.request.urlopen(f"{exporter_url}/healthz", timeout=2).status == 200,
             time.monotonic() + 30,
@@ -433,7 +414,7 @@ dsn = "{monitor} port={free_port()} connect_timeout=1"
             }
             return all(health.get(key) == "up" for key in wanted)
 
-        wait_for("Prometheus to scrape every exporter target", targets_up, result.deadline())
+        wait_until("Prometheus to scrape every exporter target", targets_up, result.deadline())
 
         # Fill max_connections to 95 % (the exporter already holds its connections): well
         # above the critical alert's 0.9, so a transient session ending cannot bring the
@@ -489,7 +470,7 @@ def test_the_probe_relabeling_of_the_example_config_names_each_target(stack: Sta
     # The stack waited for one successful scrape of each target, not for this: a later scrape
     # that failed or was cut short on a loaded machine leaves an instance out for a moment.
     with contextlib.suppress(AssertionError):
-        wait_for("pg_up of every probe target", as_expected, stack.deadline())
+        wait_until("pg_up of every probe target", as_expected, stack.deadline())
     assert instances == expected
 
 
@@ -510,7 +491,7 @@ def test_the_alerts_the_scenario_calls_for_fire(stack: Stack) -> None:
         )
 
     try:
-        wait_for("the expected alerts to fire", all_expected, stack.deadline())
+        wait_until("the expected alerts to fire", all_expected, stack.deadline())
     except AssertionError:
         now = firing()
         missing = {

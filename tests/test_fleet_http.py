@@ -25,14 +25,15 @@ from exporter.fleet import build_fleet
 from exporter.server import build_app
 from exporter.settings import load_settings
 from exporter.webconfig import WebConfig, load_web_config
-from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, Server
-from tests.helpers import CATALOG, Scrape
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import (
+    CATALOG,
+    MONITOR_PASSWORD,
+    MONITOR_ROLE,
+    Scrape,
+    Server,
+    free_port,
+    require_tool,
+)
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ async def fleet_client(pg: Server, tmp_path: Path) -> AsyncIterator[TestClient[A
     password_file = tmp_path / "password"
     password_file.write_text(MONITOR_PASSWORD + "\n")
     os.environ["PGHE_TEST_LIVE_DSN"] = make_conninfo(pg.admin(), user=MONITOR_ROLE)
-    down = f"host=127.0.0.1 port={_free_port()} user=x password=down-Secret-123 dbname=x"
+    down = f"host=127.0.0.1 port={free_port()} user=x password=down-Secret-123 dbname=x"
     settings = load_settings(
         None,
         connect_timeout_seconds=1,
@@ -192,7 +193,7 @@ def exporter_process(tmp_path: Path) -> Iterator[Any]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], int, Path]:
-        port = _free_port()
+        port = free_port()
         log = tmp_path / f"exporter-{port}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
@@ -220,7 +221,7 @@ def exporter_process(tmp_path: Path) -> Iterator[Any]:
 async def test_tls_from_the_web_config(pg: Server, tmp_path: Path, exporter_process: Any) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
@@ -243,7 +244,7 @@ async def test_password_never_appears_in_logs_pages_errors_or_metrics(
     secret = "Pw-Never-Shown-7781"
     # The server refuses it (no such database): the error path runs with the password set.
     wrong = make_conninfo(pg.admin(), dbname="no_such_database", password=secret)
-    closed = f"postgresql://u:{secret}@127.0.0.1:{_free_port()}/x"
+    closed = f"postgresql://u:{secret}@127.0.0.1:{free_port()}/x"
     config = tmp_path / "config.toml"
     config.write_text(f'log_level = "DEBUG"\n[targets.closed]\ndsn = "{closed}"\n')
     process, port, log = exporter_process({"DATA_SOURCE_NAME": wrong}, "--config", str(config))

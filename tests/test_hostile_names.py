@@ -12,8 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +22,21 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from exporter.catalog import load_catalog
 from exporter.localpg import LocalPostgres
 from exporter.server import build_app
 from exporter.target import Target
-from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, Server, _prepare
-from tests.helpers import CATALOG, make_settings
+from tests.support import (
+    CATALOG,
+    MONITOR_ROLE,
+    Server,
+    assert_promtool_accepts,
+    make_settings,
+    monitor_dsn,
+    prepare_server,
+    promtool,
+)
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 NAMEDATALEN = 64
@@ -284,17 +289,7 @@ def test_the_names_are_as_hostile_as_intended(hostile: Hostile) -> None:
 
 
 def test_promtool_accepts_the_text_page(pages: Pages) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus')")
-    lint = subprocess.run(
-        [promtool, "check", "metrics"],
-        input=pages.text.encode(),
-        capture_output=True,
-        check=False,
-    )
-    assert lint.returncode == 0, (lint.stdout + lint.stderr).decode()[:2000]
-    assert lint.stdout.strip() == b"" and lint.stderr.strip() == b""
+    assert_promtool_accepts(pages.text)
 
 
 @pytest.mark.parametrize("kind", ["text", "openmetrics"])
@@ -400,11 +395,8 @@ def test_help_text_with_quotes_backslashes_and_newlines(tmp_path: Any) -> None:
     [om_family] = list(parse_om(om))  # type: ignore[no-untyped-call]
     assert text_family.documentation == help_text
     assert om_family.documentation == help_text
-    if shutil.which("promtool"):
-        lint = subprocess.run(
-            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
-        )
-        assert lint.returncode == 0, lint.stdout + lint.stderr
+    lint = promtool("check", "metrics", page=text)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def _toml_string(value: str) -> str:
@@ -426,7 +418,7 @@ def legacy_pg() -> Iterator[LocalPostgres]:
     server = LocalPostgres()
     server.start()
     try:
-        _prepare(server.dsn())
+        prepare_server(server.dsn())
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
             conn.execute(
                 "CREATE DATABASE legacy ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
@@ -454,13 +446,9 @@ async def _get(dsn: str, **overrides: Any) -> tuple[int, str]:
         await client.close()
 
 
-def _monitor(server: LocalPostgres, dbname: str) -> str:
-    return make_conninfo(server.dsn(dbname), user=MONITOR_ROLE, password=MONITOR_PASSWORD)
-
-
 async def test_non_utf8_table_names_in_a_sql_ascii_database(legacy_pg: LocalPostgres) -> None:
     status, page = await _get(
-        _monitor(legacy_pg, "postgres"), include_databases=["postgres|legacy"]
+        monitor_dsn(legacy_pg, "postgres"), include_databases=["postgres|legacy"]
     )
     assert status == 200
     samples = text_samples(page)
@@ -475,7 +463,7 @@ async def test_non_utf8_table_names_in_a_sql_ascii_database(legacy_pg: LocalPost
 
 
 async def test_dsn_on_a_sql_ascii_database(legacy_pg: LocalPostgres) -> None:
-    status, page = await _get(_monitor(legacy_pg, "legacy"), include_databases=["legacy"])
+    status, page = await _get(monitor_dsn(legacy_pg, "legacy"), include_databases=["legacy"])
     assert status == 200, page[:300]
     samples = text_samples(page)
     assert ("pg_up", {}, 1.0) in samples
@@ -487,7 +475,7 @@ async def test_database_name_that_is_not_utf8(legacy_pg: LocalPostgres) -> None:
     with psycopg.connect(legacy_pg.dsn("legacy"), autocommit=True) as conn:
         conn.execute(b"CREATE DATABASE " + name)
     try:
-        status, page = await _get(_monitor(legacy_pg, "postgres"))
+        status, page = await _get(monitor_dsn(legacy_pg, "postgres"))
         assert status == 200, page[:300]
         samples = text_samples(page)
         assert ("pg_up", {}, 1.0) in samples

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,8 +14,16 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from exporter.localpg import LocalPostgres
 from exporter.server import build_app
 from exporter.target import Target
-from tests.conftest import MONITOR_PASSWORD, Server, _prepare
-from tests.helpers import CATALOG, Scrape, make_settings
+from tests.support import (
+    CATALOG,
+    MONITOR_PASSWORD,
+    Scrape,
+    Server,
+    assert_promtool_accepts,
+    free_port,
+    make_settings,
+    prepare_server,
+)
 
 ClientFactory = Callable[..., Any]
 
@@ -41,12 +46,6 @@ async def client_for() -> AsyncIterator[ClientFactory]:
         await client.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_metrics_text_format_parses_and_passes_promtool(
     pg: Server, client_for: ClientFactory
 ) -> None:
@@ -60,14 +59,7 @@ async def test_metrics_text_format_parses_and_passes_promtool(
     assert scrape.types["pg_database_xact_commit"] == "counter"
     assert scrape.types["pg_query_duration_seconds"] == "histogram"
     assert "process_resident_memory_bytes" in scrape.names()
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus')")
-    lint = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    assert lint.stdout.strip() == "" and lint.stderr.strip() == ""
+    assert_promtool_accepts(text)
 
 
 async def test_openmetrics_by_negotiation(pg: Server, client_for: ClientFactory) -> None:
@@ -107,7 +99,7 @@ async def test_landing_health_and_ready(pg: Server, client_for: ClientFactory) -
 
 
 async def test_database_down_still_answers_with_pg_up_0(client_for: ClientFactory) -> None:
-    dsn = f"host=127.0.0.1 port={_closed_port()} user=x password=hunter2-secret dbname=x"
+    dsn = f"host=127.0.0.1 port={free_port()} user=x password=hunter2-secret dbname=x"
     client = await client_for(dsn, connect_timeout_seconds=1)
     response = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"})
     assert response.status == 200
@@ -123,7 +115,7 @@ async def test_recovers_when_the_database_returns(client_for: ClientFactory) -> 
     server = LocalPostgres()
     server.start()
     try:
-        _prepare(server.dsn())
+        prepare_server(server.dsn())
         client = await client_for(server.dsn(), connect_timeout_seconds=1)
         assert Scrape(await (await client.get("/metrics")).text()).value("pg_up") == 1
         await asyncio.to_thread(server.stop)

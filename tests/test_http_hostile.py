@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from exporter.webconfig import BasicAuth, bcrypt_cost
-from tests.conftest import Server
 from tests.process import ExporterProcess, exporter_process
+from tests.support import Server
 
 TRACEBACK = "Traceback (most recent call last)"
 

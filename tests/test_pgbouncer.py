@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,17 +30,20 @@ from exporter.fleet import Fleet, build_fleet
 from exporter.localpg import temp_base
 from exporter.server import build_app
 from exporter.settings import load_settings
-from tests.conftest import Server
-from tests.helpers import CATALOG, Scrape
-
-PGBOUNCER_BIN = os.environ.get("PGBOUNCER_BIN") or shutil.which(
-    "pgbouncer", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+from tests.support import (
+    CATALOG,
+    Scrape,
+    Server,
+    assert_promtool_accepts,
+    find_tool,
+    free_port,
+    missing_tool,
 )
 
+PGBOUNCER_BIN = os.environ.get("PGBOUNCER_BIN") or find_tool("pgbouncer")
+
 pytestmark = pytest.mark.skipif(
-    PGBOUNCER_BIN is None,
-    reason="pgbouncer not installed (Debian package 'pgbouncer', which .ci/run installs;"
-    " or set PGBOUNCER_BIN)",
+    PGBOUNCER_BIN is None, reason=missing_tool("pgbouncer") + " (or set PGBOUNCER_BIN)"
 )
 
 POOL_SIZE = 2
@@ -60,12 +62,6 @@ PGBOUNCER_COLLECTORS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _ini_quote(value: str) -> str:
     """Quote a value for a libpq-style connection string inside pgbouncer.ini."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -76,7 +72,7 @@ class Bouncer:
 
     def __init__(self, binary: str, server_dsn: str) -> None:
         self.binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="pghe-pgbouncer-", dir=temp_base()))
         self.process: subprocess.Popen[bytes] | None = None
         self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
@@ -502,18 +498,7 @@ async def test_bouncer_target_runs_every_pgbouncer_collector(
     page = await (await exporter.client.get("/")).text()
     assert "pgbouncer_pools" in page
 
-    promtool = shutil.which("promtool")
-    if promtool is not None:
-        lint = subprocess.run(
-            [promtool, "check", "metrics"],
-            input=result.text,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), (
-            lint.stdout + lint.stderr
-        )
+    assert_promtool_accepts(result.text)
 
 
 async def test_pgbouncer_down_gives_pg_up_0_and_recovers(

@@ -11,18 +11,25 @@ how long anything took.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from exporter.catalog import choose_variant
 from exporter.localpg import LocalPostgres
-from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, Server, _prepare
-from tests.helpers import CATALOG, Scrape, connect, scrape_async
+from tests.support import (
+    CATALOG,
+    Scrape,
+    Server,
+    connect,
+    monitor_dsn,
+    prepare_server,
+    scalar,
+    scrape_async,
+    wait_for,
+)
 
 #: The collectors this file covers: those that run on every server, and standby-only ones.
 ANYWHERE_COLLECTORS = (
@@ -46,28 +53,6 @@ class Topology:
     primary: LocalPostgres
     standby: LocalPostgres
     subscriber: LocalPostgres
-
-
-def monitor_dsn(server: LocalPostgres, dbname: str = "postgres") -> str:
-    """Return the DSN of the pg_monitor-only role on one of this module's servers."""
-    return make_conninfo(server.dsn(dbname), user=MONITOR_ROLE, password=MONITOR_PASSWORD)
-
-
-def scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
-    """Return the first column of the first row of a query run as a superuser."""
-    with connect(dsn) as conn:
-        row = conn.execute(query, params).fetchone()
-    assert row is not None, query
-    return row[0]
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_SECONDS) -> None:
-    """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def current_lsn(server: LocalPostgres) -> int:
@@ -119,7 +104,7 @@ def topology(pg: Server) -> Iterator[Topology]:
     subscriber = LocalPostgres()
     try:
         primary.start()
-        _prepare(primary.dsn())
+        prepare_server(primary.dsn())
         with connect(primary.dsn()) as conn:
             conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (STANDBY_SLOT,))
             conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (IDLE_SLOT,))
@@ -152,7 +137,7 @@ def topology(pg: Server) -> Iterator[Topology]:
         )
 
         subscriber.start()
-        _prepare(subscriber.dsn())
+        prepare_server(subscriber.dsn())
         with connect(subscriber.dsn()) as conn:
             conn.execute("CREATE DATABASE shop_copy")
         with connect(subscriber.dsn("shop_copy")) as conn:
@@ -406,7 +391,7 @@ async def test_slot_beyond_max_slot_wal_keep_size_becomes_unreserved_then_lost(
     require_local_binaries(pg)
     # Its own server: a 1 MB limit would endanger the shared primary's slots.
     with LocalPostgres(settings={"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"}) as server:
-        _prepare(server.dsn())
+        prepare_server(server.dsn())
         with connect(server.dsn()) as conn:
             conn.execute("SELECT pg_create_physical_replication_slot('doomed', true)")
             conn.execute("CREATE TABLE filler (x int)")
@@ -474,7 +459,7 @@ async def test_standby_without_its_primary_reports_not_streaming(pg: Server) -> 
     require_local_binaries(pg)
     # Its own pair: stopping the shared primary would break the other tests.
     with LocalPostgres() as primary:
-        _prepare(primary.dsn())
+        prepare_server(primary.dsn())
         standby = primary.make_standby()
         before = await scrape_async(monitor_dsn(standby))
         assert before.value("pg_wal_receiver_streaming", status="streaming") == 1

@@ -19,9 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import Server
-from tests.helpers import Scrape, connect
 from tests.process import exporter_process
+from tests.support import Scrape, Server, connect
 
 ROLE = "pghe_secret_app"
 SERVER = "pghe_secret_server"

@@ -14,8 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import Server
-from tests.helpers import connect, scrape_async
+from tests.support import Server, connect, scrape_async
 
 DAY = 86400.0
 

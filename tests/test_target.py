@@ -7,8 +7,7 @@ from psycopg import sql
 
 import exporter.target
 from exporter.target import Target
-from tests.conftest import Server
-from tests.helpers import CATALOG, connect, make_settings
+from tests.support import CATALOG, Server, connect, make_settings
 
 
 async def test_a_dropped_database_leaves_no_pool_and_no_error(pg: Server) -> None:
