@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server
+from tests.support import Server
 
 ROOT = Path(__file__).parent.parent
 TAG = "localhost/pg-health-exporter:test"
