@@ -156,3 +156,36 @@ def test_keep_rows_renders_only_the_rows_listed() -> None:
         't_n{schema="s",rel="7"} 3\n',
     ]
     assert output.series == 6
+
+
+STATEMENTS_SPEC = """
+name = "s"
+help = "test"
+namespace = "s"
+scope = "cluster"
+
+[[variant]]
+sql = "SELECT 1"
+
+[columns.query]
+usage = "label"
+redact = "sql"
+description = "l"
+
+[columns.calls]
+usage = "gauge"
+description = "g"
+"""
+
+
+@pytest.mark.parametrize("length", [200, 12, 0])
+def test_statement_text_is_redacted_then_cut(length: int) -> None:
+    spec = load_collector_file("s.toml", STATEMENTS_SPEC)
+    rows = [("ALTER ROLE app\n  PASSWORD 'hunter2'", 1), ("SELECT 'it''s' || $1", 2)]
+    output = RowRenderer(spec, ["query", "calls"], statement_text_length=length).render(rows)
+    lines = output.families[0].lines
+    texts = [line.split('query="')[1].split('"}')[0] for line in lines]
+    expected = ["ALTER ROLE app PASSWORD $redacted", "SELECT $redacted || $1"]
+    # With no text at all, the two statements are one label set: the second is a duplicate.
+    assert texts == list(dict.fromkeys(text[:length] for text in expected))
+    assert not any("hunter2" in line or "it''s" in line for line in lines)
