@@ -745,10 +745,24 @@ TABLES_INDEXES = Dashboard(
                 ),
                 table(
                     "Materialized views",
-                    "Size, and whether each holds data (WITH NO DATA views cannot be queried).",
+                    "Size, whether each holds data (WITH NO DATA views cannot be queried), and the"
+                    " time since the exporter saw its last refresh against its expected interval"
+                    " (alert: 2 and 3 intervals). 'refresh seen' 0: none seen since the exporter"
+                    " started, and the time counts from then (earlier refreshes are unknown).",
                     Query(f"pg_matview_size_bytes{{{ID}}}", column="size", unit="bytes"),
                     Query(f"pg_matview_populated{{{ID}}}", column="populated"),
-                    sort_by=("size", True),
+                    Query(
+                        f"pg_matview_seconds_since_refresh{{{ID}}}",
+                        column="since refresh",
+                        unit="dtdurations",
+                    ),
+                    Query(
+                        f"pg_matview_refresh_interval_seconds{{{ID}}}",
+                        column="expected every",
+                        unit="dtdurations",
+                    ),
+                    Query(f"pg_matview_refresh_observed{{{ID}}}", column="refresh seen"),
+                    sort_by=("since refresh", True),
                 ),
                 Panel(
                     "bargauge",

@@ -430,6 +430,32 @@ GROUPS: tuple[tuple[str, tuple[Rule, ...]], ...] = (
                 " it.",
             ),
             Rule(
+                t.MATVIEW_FRESHNESS,
+                "warning",
+                "Materialized view {{ $labels.schemaname }}.{{ $labels.matviewname }} in"
+                ' {{ $labels.datname }} not refreshed for {{ $value | printf "%.1f" }}'
+                " intervals",
+                "The exporter has not seen a refresh of {{ $labels.schemaname }}."
+                "{{ $labels.matviewname }} (database {{ $labels.datname }},"
+                " {{ $labels.instance }}) for more than {value_times} times its expected interval"
+                " (the exporter's matview_refresh_interval setting, 15 minutes by default): the job"
+                " that refreshes it (the seed's refresh-dashboard-stats) is not running, or fails."
+                " Readers see old numbers. When pg_matview_refresh_observed is 0, no refresh has"
+                " been seen since the exporter started watching. Check the job's queue and log.",
+            ),
+            Rule(
+                t.MATVIEW_FRESHNESS,
+                "critical",
+                "Materialized view {{ $labels.schemaname }}.{{ $labels.matviewname }} in"
+                ' {{ $labels.datname }} not refreshed for {{ $value | printf "%.1f" }}'
+                " intervals",
+                "The exporter has not seen a refresh of {{ $labels.schemaname }}."
+                "{{ $labels.matviewname }} (database {{ $labels.datname }},"
+                " {{ $labels.instance }}) for more than {value_times} times its expected interval:"
+                " dashboards built on it are stale. Refresh it now (REFRESH MATERIALIZED VIEW"
+                " CONCURRENTLY, which needs a unique index) and fix the job that should.",
+            ),
+            Rule(
                 t.INVALID_INDEX,
                 "warning",
                 "Index {{ $labels.schemaname }}.{{ $labels.indexrelname }} in"

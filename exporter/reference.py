@@ -6,6 +6,7 @@ import re
 import sys
 
 from exporter.catalog import Catalog, CollectorSpec, load_catalog
+from exporter.matview_refresh import METRICS as REFRESH_METRICS
 from exporter.selfmetrics import SELF_METRICS
 
 _SOURCE = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)", re.IGNORECASE)
@@ -98,6 +99,23 @@ def render(catalog: Catalog) -> str:
                 f"`{spec.name}` | {spec.info.help.replace('|', chr(92) + '|')} |"
             )
     out += sorted(rows)
+    out += [
+        "",
+        "## Materialized-view refreshes, observed across scrapes",
+        "",
+        "Made by the exporter from the `matview_refresh` collector's signals (new storage for a"
+        " plain REFRESH, rows written for a CONCURRENTLY one) by comparing each scrape with the"
+        " previous one (`exporter/matview_refresh.py`). PostgreSQL keeps no time of a refresh:"
+        " before the exporter sees the first one, `pg_matview_refresh_observed` is 0 and the"
+        " seconds count from when it first saw the view (a lower bound). A refresh that changed"
+        " no row is not seen; a restart of the exporter starts over.",
+        "",
+        "| metric | type | labels | description |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| `{m.name}` | {m.type} | {', '.join(m.labels)} | {m.help} |" for m in REFRESH_METRICS
+    ]
     out += [
         "",
         "## The exporter's own metrics",

@@ -34,6 +34,8 @@ from exporter.dsn import redact_dsn, scrub, secrets_of
 from exporter.errors import CollectorFailed
 from exporter.exposition import merge_families
 from exporter.info import InfoCache
+from exporter.matview_refresh import COLLECTOR as MATVIEW_COLLECTOR
+from exporter.matview_refresh import RefreshTracker
 from exporter.plan import PlannedQuery, ServerInfo, plan_queries, select_databases
 from exporter.selfmetrics import incomplete_families, self_families
 from exporter.settings import Settings
@@ -170,6 +172,13 @@ class Target:
         self._inflight_up: bool | None = None
         self._logged: set[tuple[str, str]] = set()
         self._was_up: bool | None = None
+        # Materialized-view refreshes are seen by comparing scrapes (exporter/matview_refresh.py).
+        self._refreshes = RefreshTracker(settings.matview_interval_seconds)
+        # The last finished collection's families (not its encoded pages), for the health page
+        # and `report`, which never query by themselves.
+        self.last_families: list[Family] | None = None
+        self.last_up: bool | None = None
+        self.last_collected_at: float | None = None
         self.last_runs: list[CollectorRun] = []
         self.budget = ObjectBudget(settings.budget_settings())
         self.last_rolled_up: list[RolledUp] = []
@@ -855,6 +864,9 @@ class Target:
                 scrapes=self._counters.scrapes,
             )
         )
+        watched = {r.datname for r in runs if r.collector == MATVIEW_COLLECTOR and r.output}
+        families.extend(self._refreshes.observe(families, watched))
+        self.last_families, self.last_up, self.last_collected_at = families, up, time.time()
         return Snapshot(families=families, up=up, duration=duration)
 
 

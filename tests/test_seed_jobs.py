@@ -14,7 +14,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.support import Server, connect, scrape_async
+from exporter.exposition import encode
+from exporter.target import Target
+from tests.support import (
+    CATALOG,
+    Scrape,
+    Server,
+    connect,
+    flush_stats,
+    make_settings,
+    scrape_async,
+)
 
 DAY = 86400.0
 
@@ -100,3 +110,139 @@ async def test_bad_retention_settings_are_refused() -> None:
         load_settings(partition_retention={"audit_logs": "a year or so"})
     with pytest.raises(ConfigError, match="matview_refresh_interval_default"):
         load_settings(matview_refresh_interval_default="often")
+
+
+# ------------------------------------------------------------------ materialized-view refreshes
+
+MV_DASHBOARD_STATS = """
+CREATE TABLE tickets (id int PRIMARY KEY, organization_id int, status text);
+INSERT INTO tickets SELECT g, g % 3, 'OPEN' FROM generate_series(1, 30) g;
+CREATE MATERIALIZED VIEW mv_dashboard_stats AS
+  SELECT organization_id, status, count(*) AS ticket_count FROM tickets GROUP BY 1, 2;
+CREATE UNIQUE INDEX ON mv_dashboard_stats (organization_id, status);
+CREATE MATERIALIZED VIEW mv_other AS SELECT 1 AS one;
+"""
+
+
+class Watcher:
+    """One target scraped again and again, as Prometheus does: the tracker's state lives in it."""
+
+    def __init__(self, dsn: str, **overrides: Any) -> None:
+        settings = make_settings(dsn, **overrides)
+        collectors = CATALOG.selected(profile=settings.profile, disabled=())
+        self.target = Target("test", dsn, settings, collectors)
+
+    async def scrape(self) -> Scrape:
+        snapshot = await self.target.scrape(20)
+        return Scrape(encode(snapshot.families, openmetrics=False).decode(), self.target.last_runs)
+
+
+def _view(result: Scrape, metric: str, view: str = "mv_dashboard_stats") -> float:
+    return result.value(metric, matviewname=view)
+
+
+async def test_refreshes_of_both_kinds_are_observed(pg: Server, database: str) -> None:
+    with connect(pg.admin(database)) as conn:
+        conn.execute(MV_DASHBOARD_STATS)
+    watcher = Watcher(pg.monitor(database), matview_refresh_interval={"mv_other": "1 hour"})
+    await watcher.target.open()
+    try:
+        first = await watcher.scrape()
+        assert first.collector_errors() == {}
+        # Nothing seen yet: the time since the exporter started watching, flagged as such.
+        assert _view(first, "pg_matview_refresh_observed") == 0
+        assert _view(first, "pg_matview_refreshes_observed_total") == 0
+        assert 0 <= _view(first, "pg_matview_seconds_since_refresh") < 5
+        assert first.find("pg_matview_last_refresh_observed_timestamp_seconds") == []
+        assert _view(first, "pg_matview_refresh_interval_seconds") == 900  # the default
+        assert _view(first, "pg_matview_refresh_interval_seconds", "mv_other") == 3600
+
+        # A plain REFRESH: new storage.
+        with connect(pg.admin(database)) as conn:
+            conn.execute("REFRESH MATERIALIZED VIEW mv_dashboard_stats")
+        before = datetime.now().timestamp()
+        second = await watcher.scrape()
+        assert _view(second, "pg_matview_refresh_observed") == 1
+        assert _view(second, "pg_matview_refreshes_observed_total") == 1
+        assert _view(second, "pg_matview_last_refresh_observed_timestamp_seconds") >= before - 1
+        assert _view(second, "pg_matview_refresh_observed", "mv_other") == 0
+
+        # Nothing happened: nothing is counted.
+        third = await watcher.scrape()
+        assert _view(third, "pg_matview_refreshes_observed_total") == 1
+
+        # REFRESH ... CONCURRENTLY that changes rows: the same storage, rows written.
+        with connect(pg.admin(database)) as conn:
+            node = _one(
+                conn, "SELECT relfilenode FROM pg_class WHERE relname = 'mv_dashboard_stats'"
+            )
+            conn.execute("UPDATE tickets SET status = 'CLOSED' WHERE id <= 10")
+            conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY mv_dashboard_stats")
+            assert node == _one(
+                conn, "SELECT relfilenode FROM pg_class WHERE relname = 'mv_dashboard_stats'"
+            )
+            flush_stats(conn)
+        fourth = await watcher.scrape()
+        assert _view(fourth, "pg_matview_refreshes_observed_total") == 2
+        assert _view(fourth, "pg_matview_seconds_since_refresh") < 5
+
+        # A CONCURRENTLY refresh that changes no row leaves no trace: not seen (documented).
+        with connect(pg.admin(database)) as conn:
+            conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY mv_dashboard_stats")
+            flush_stats(conn)
+        fifth = await watcher.scrape()
+        assert _view(fifth, "pg_matview_refreshes_observed_total") == 2
+
+        # A dropped view is forgotten.
+        with connect(pg.admin(database)) as conn:
+            conn.execute("DROP MATERIALIZED VIEW mv_other")
+        sixth = await watcher.scrape()
+        assert sixth.find("pg_matview_seconds_since_refresh", matviewname="mv_other") == []
+    finally:
+        await watcher.target.close()
+
+
+def test_a_plain_refresh_whose_rows_arrive_late_counts_once() -> None:
+    from exporter.matview_refresh import RefreshTracker
+    from exporter.snapshot import Family
+
+    now = [1000.0]
+    tracker = RefreshTracker(lambda schema, view: 900.0, clock=lambda: now[0])
+
+    def scrape(relfilenode: int, inserted: int, deleted: int) -> dict[str, float]:
+        labels = '{datname="db",schemaname="public",matviewname="mv"}'
+        families = [
+            Family(
+                "pg_matview_relfilenode",
+                "gauge",
+                "",
+                [f"pg_matview_relfilenode{labels} {relfilenode}\n"],
+            ),
+            Family(
+                "pg_matview_rows_inserted_total",
+                "counter",
+                "",
+                [f"pg_matview_rows_inserted_total{labels} {inserted}\n"],
+            ),
+            Family(
+                "pg_matview_rows_deleted_total",
+                "counter",
+                "",
+                [f"pg_matview_rows_deleted_total{labels} {deleted}\n"],
+            ),
+        ]
+        out = tracker.observe(families, ["db"])
+        now[0] += 15
+        return {f.name: float(f.lines[0].rsplit(" ", 1)[1]) for f in out}
+
+    assert scrape(1, 10, 0)["pg_matview_refresh_observed"] == 0
+    assert scrape(2, 10, 0)["pg_matview_refreshes_observed_total"] == 1  # new storage
+    assert scrape(2, 20, 0)["pg_matview_refreshes_observed_total"] == 1  # its rows, late
+    assert scrape(2, 23, 3)["pg_matview_refreshes_observed_total"] == 2  # CONCURRENTLY
+    assert scrape(2, 25, 3)["pg_matview_refreshes_observed_total"] == 3  # CONCURRENTLY, adds
+    seen = scrape(2, 0, 0)  # statistics reset: not a refresh
+    assert seen["pg_matview_refreshes_observed_total"] == 3
+    assert seen["pg_matview_seconds_since_refresh"] == 15
+    assert scrape(2, 0, 0)["pg_matview_seconds_since_refresh"] == 30
+    assert tracker.observe([], ["other"])  # another database scraped: the view is kept
+    assert tracker.observe([], ["db"]) == []  # its database scraped without it: dropped
