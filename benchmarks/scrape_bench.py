@@ -57,8 +57,7 @@ REFERENCE_QUERIES = Path("/work/shared/reference/postgres_exporter-queries-pg13p
 # pg_stat_statements, pg_process_idle, pg_postmaster and pg_replication from the file).
 # A name not in the catalog is reported as missing and the comparison goes on without it.
 COMPARABLE_COLLECTORS: dict[str, str] = {
-    "table_stats": "pg_stat_user_tables (query file)",
-    "table_io": "pg_statio_user_tables (query file)",
+    "table_stats": "pg_stat_user_tables, pg_statio_user_tables (query file)",
     "statements": "pg_stat_statements (query file)",
     "query_durations": "pg_process_idle histogram (query file)",
     "server_info": "pg_postmaster_start_time_seconds (query file), pg_static",

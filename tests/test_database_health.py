@@ -678,7 +678,7 @@ async def test_every_database_health_collector_runs_as_pg_monitor(
     assert result.collector_errors() == {}
     ran = {run.collector for run in result.runs if run.datname == database and run.output}
     assert {
-        "autovacuum",
+        "table_stats",
         "index_unused",
         "index_invalid",
         "index_duplicate",
