@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -98,8 +99,7 @@ def load(
 
 def serve(loaded: Loaded) -> None:
     """Serve until interrupted."""
-    from aiohttp import web
-
+    from exporter.httpserver import connection_limits, serve_forever
     from exporter.server import build_app
 
     settings, web_config = loaded.settings, loaded.web_config
@@ -113,7 +113,9 @@ def serve(loaded: Loaded) -> None:
         )
     log.info("serving on %s://%s:%d/metrics", scheme, host, port)
     app = build_app(settings, loaded.fleet, web_config)
-    web.run_app(app, host=host, port=port, ssl_context=context, print=None)
+    database_connections = sum(target.connection_bound() for target in loaded.fleet.all())
+    limits = connection_limits(settings, database_connections)
+    asyncio.run(serve_forever(app, host=host, port=port, ssl_context=context, limits=limits))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {len(loaded.fleet.all())} target(s)"
         )
         return 0
-    serve(loaded)
+    try:
+        serve(loaded)
+    except ExporterError as exc:
+        print(f"pg-health-exporter: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

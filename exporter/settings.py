@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     targets: dict[str, TargetSettings] = {}
     web_config_file: Path | None = None
+    http_max_connections: int = Field(default=512, ge=1)
+    http_request_head_timeout_seconds: PositiveSeconds = 10.0
+    http_idle_timeout_seconds: PositiveSeconds = 75.0
 
     @field_validator("targets")
     @classmethod

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import resource
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -159,3 +163,118 @@ def test_the_right_password_scrapes(auth_exporter: ExporterProcess) -> None:
         assert status == 200
         assert b"\npg_up 1\n" in body
     assert auth_exporter.get("/healthz")[0] == 200
+
+
+# ---------------------------------------------------------------- what a client may hold
+
+# A request head that never ends: sent one byte a second, it would take over an hour.
+SLOW_HEAD = b"GET /metrics HTTP/1.1\r\nHost: exporter\r\nX-Slow: " + b"a" * 4000
+
+
+async def slow_clients(port: int, count: int, seconds: float) -> int:
+    """Keep `count` connections sending SLOW_HEAD a byte a second; reopen the ones closed.
+
+    Return how many times a connection was found closed and reopened.
+    """
+    loop = asyncio.get_running_loop()
+    clients: dict[socket.socket, int] = {}
+    reopened = 0
+
+    async def connect() -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), 5)
+        except (OSError, TimeoutError):
+            sock.close()
+            return
+        clients[sock] = 0
+
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        await asyncio.gather(*(connect() for _ in range(count - len(clients))))
+        for sock, sent in list(clients.items()):
+            try:
+                sock.send(SLOW_HEAD[sent : sent + 1])
+                clients[sock] = sent + 1
+            except OSError:
+                sock.close()
+                del clients[sock]
+                reopened += 1
+        await asyncio.sleep(1)
+    for sock in clients:
+        sock.close()
+    return reopened
+
+
+@pytest.fixture
+def many_open_files() -> Iterator[None]:
+    """Let this process open a few thousand sockets (a fresh machine's soft limit is 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if wanted < 2048:
+        pytest.skip(f"the hard open-file limit ({hard}) is too low for 1,100 clients")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.slow
+async def test_slow_clients_cannot_take_the_port(
+    pg: Server, tmp_path: Path, many_open_files: None
+) -> None:
+    """1,100 slow clients against a 1,024 open-file limit: Prometheus's scrapes go on."""
+    env = {"PG_EXPORTER_PROFILE": "minimal"}
+    with exporter_process(tmp_path, dsn=pg.monitor(), env=env, open_files=1024) as exporter:
+        flood = asyncio.create_task(slow_clients(exporter.port, 1100, seconds=12))
+        scrapes: list[tuple[int, bool]] = []
+        open_files: list[int] = []
+        while not flood.done():
+            status, _, body = await asyncio.to_thread(exporter.get, "/metrics", timeout=10)
+            scrapes.append((status, b"\npg_up 1\n" in body))
+            open_files.append(exporter.open_files())
+            await asyncio.sleep(0.5)
+        reopened = await flood
+        log = exporter.log()
+        assert exporter.get("/metrics")[0] == 200
+    assert reopened > 100  # the bound was hit: the exporter closed slow clients to make room
+    assert len(scrapes) > 10
+    assert all(scrape == (200, True) for scrape in scrapes), scrapes
+    assert max(open_files) < 1024
+    assert TRACEBACK not in log
+    assert "Too many open files" not in log
+    assert log.count("HTTP connection limit reached (512 connections") == 1, log[-3000:]
+
+
+def _wait_closed(sock: socket.socket, seconds: float) -> bool:
+    """Tell whether the peer closes the connection within `seconds` (reading what it sends)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_a_head_sent_too_slowly_and_an_idle_connection_are_closed(
+    pg: Server, tmp_path: Path
+) -> None:
+    env = {
+        "PG_EXPORTER_PROFILE": "minimal",
+        "PG_EXPORTER_HTTP_REQUEST_HEAD_TIMEOUT_SECONDS": "1",
+        "PG_EXPORTER_HTTP_IDLE_TIMEOUT_SECONDS": "2",
+    }
+    with exporter_process(tmp_path, dsn=pg.monitor(), env=env) as exporter:
+        silent = socket.create_connection(("127.0.0.1", exporter.port))
+        slow = socket.create_connection(("127.0.0.1", exporter.port))
+        slow.sendall(SLOW_HEAD[:20])
+        kept_alive = socket.create_connection(("127.0.0.1", exporter.port))
+        kept_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: exporter\r\n\r\n")
+        assert kept_alive.recv(65536).startswith(b"HTTP/1.1 200")
+        for sock in (silent, slow, kept_alive):
+            with sock:
+                assert _wait_closed(sock, 15)
+        assert TRACEBACK not in exporter.log()

@@ -1,0 +1,371 @@
+"""The listening socket, and the bounds on what one client may hold of it.
+
+aiohttp alone lets any client keep a connection for as long as it likes to send its request
+head, and accepts connections until the process runs out of file descriptors; past that,
+asyncio logs a traceback for every accept it cannot make, and nobody is served. This module
+serves an aiohttp application with three bounds, in the spirit of Go's `http.Server`:
+
+- `request_head_timeout`: a request's head (request line and headers) must arrive within this
+  time, from the connection's start or from the first byte after an idle spell (Go's
+  ReadHeaderTimeout);
+- `idle_timeout`: a kept-alive connection with no request is closed after this (IdleTimeout);
+- `max_connections`: at most this many connections at once. A new connection over the bound
+  closes the oldest one that is still sending its head, or else the oldest idle one; only if
+  every connection is busy with a request is the new one closed at once. So a flood of slow or
+  idle clients can never keep out a client that sends its request promptly, as Prometheus does.
+
+Hitting the bound is logged once, in one line, and again only after the load has gone down;
+an accept that fails for want of file descriptors (from other causes) is logged once a minute,
+in one line, never as a traceback per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from exporter.errors import ExporterError
+from exporter.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# File descriptors kept back from the connection bound for everything else the process opens:
+# the listening socket, logs, TLS files, DNS, the interpreter's own (database connections are
+# added to this by the caller).
+FD_RESERVE = 64
+# The listen queue; also how many connections asyncio may accept before any is counted.
+BACKLOG = 128
+# Fewer connections than this would not serve even a few Prometheus servers.
+MIN_CONNECTIONS = 8
+# How often idle and slow connections are looked for.
+SWEEP_SECONDS = 1.0
+# The bound counts as no longer hit once the connections fall below this share of it.
+CALM_SHARE = 0.8
+# asyncio's message for an accept() that failed for want of file descriptors or memory.
+ACCEPT_FAILED = "socket.accept() out of system resource"
+ACCEPT_FAILED_LOG_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client may hold: the bounds of the HTTP server."""
+
+    max_connections: int
+    request_head_timeout: float
+    idle_timeout: float
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one, as Go programs do; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_limits(settings: Settings, database_connections: int) -> ConnectionLimits:
+    """Return the HTTP server's bounds, the connection bound fitted under the open-file limit.
+
+    Raises the soft open-file limit to the hard one first. If the bound must come down to fit,
+    one line says so.
+    """
+    open_files = raise_open_file_limit()
+    reserved = FD_RESERVE + BACKLOG + database_connections
+    wanted = settings.http_max_connections
+    fitted = connections_within(open_files, wanted, reserved)
+    if fitted < wanted:
+        log.warning(
+            "http_max_connections %d lowered to %d: the open-file limit is %d and %d are kept"
+            " for database connections and the rest of the process",
+            wanted,
+            fitted,
+            open_files,
+            reserved,
+        )
+    return ConnectionLimits(
+        max_connections=fitted,
+        request_head_timeout=settings.http_request_head_timeout_seconds,
+        idle_timeout=settings.http_idle_timeout_seconds,
+    )
+
+
+def connections_within(open_files: int, wanted: int, reserved: int) -> int:
+    """Return the connection bound that fits under an open-file limit.
+
+    >>> connections_within(1024, 512, 168), connections_within(1024, 2000, 168)
+    (512, 856)
+    >>> connections_within(100, 512, 168)
+    8
+    """
+    if open_files == resource.RLIM_INFINITY:
+        return wanted
+    return max(MIN_CONNECTIONS, min(wanted, open_files - reserved))
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: aiohttp's protocol behind it, its state as the gate sees it."""
+
+    __slots__ = ("closed", "gate", "inner", "since", "state", "transport")
+
+    HEAD = "head"  # waiting for (the rest of) a request head
+    BUSY = "busy"  # a request is being handled
+    IDLE = "idle"  # kept alive between requests
+
+    def __init__(self, gate: ConnectionGate, inner: asyncio.Protocol) -> None:
+        self.gate = gate
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.state = self.HEAD
+        self.since = 0.0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.inner.connection_made(transport)
+        self.gate.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == self.IDLE:
+            self.gate.head_started(self)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.forget(self)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def close(self) -> None:
+        """Close this connection now; the gate has already forgotten it."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionGate:
+    """Track every client connection and enforce the bounds of ConnectionLimits.
+
+    Connections waiting for a head and idle ones are kept in two queues in the order their
+    wait began, so the oldest of each is found, and expired ones are swept, without a scan.
+    """
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self._by_transport: dict[asyncio.BaseTransport, _Connection] = {}
+        self._heads: OrderedDict[_Connection, None] = OrderedDict()
+        self._idle: OrderedDict[_Connection, None] = OrderedDict()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._at_bound = False
+        self._evicted = 0
+        self._refused = 0
+        self._expired = 0
+
+    @property
+    def connections(self) -> int:
+        """Return the connections open now."""
+        return len(self._by_transport)
+
+    def protocol_factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        """Return the protocol factory for loop.create_server, wrapping aiohttp's."""
+
+        def make() -> asyncio.Protocol:
+            return _Connection(self, server())
+
+        return make
+
+    def start(self) -> None:
+        """Start the periodic sweep of slow and idle connections."""
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def stop(self) -> None:
+        """Stop sweeping."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    # --------------------------------------------------------------- state changes
+
+    def opened(self, connection: _Connection) -> None:
+        assert connection.transport is not None
+        self._by_transport[connection.transport] = connection
+        self._wait_for_head(connection)
+        if self.connections > self.limits.max_connections:
+            self._make_room(connection)
+
+    def head_started(self, connection: _Connection) -> None:
+        self._idle.pop(connection, None)
+        self._wait_for_head(connection)
+
+    def forget(self, connection: _Connection) -> None:
+        if connection.transport is not None:
+            self._by_transport.pop(connection.transport, None)
+        self._heads.pop(connection, None)
+        self._idle.pop(connection, None)
+        if self._at_bound and self.connections < CALM_SHARE * self.limits.max_connections:
+            self._calm()
+
+    def _wait_for_head(self, connection: _Connection) -> None:
+        connection.state = _Connection.HEAD
+        connection.since = asyncio.get_running_loop().time()
+        self._heads[connection] = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Mark the connection busy while its request is handled (so it is never evicted)."""
+        transport = request.transport
+        connection = self._by_transport.get(transport) if transport is not None else None
+        if connection is None:
+            return await handler(request)
+        self._heads.pop(connection, None)
+        self._idle.pop(connection, None)
+        connection.state = _Connection.BUSY
+        try:
+            return await handler(request)
+        finally:
+            if not connection.closed and connection.transport in self._by_transport:
+                connection.state = _Connection.IDLE
+                connection.since = asyncio.get_running_loop().time()
+                self._idle[connection] = None
+
+    # --------------------------------------------------------------- the bounds
+
+    def _close(self, connection: _Connection) -> None:
+        self.forget(connection)
+        connection.close()
+
+    def _make_room(self, newcomer: _Connection) -> None:
+        """Close the oldest slow or idle connection; the newcomer itself if all are busy."""
+        victim = next((c for c in self._heads if c is not newcomer), None)
+        if victim is None:
+            victim = next(iter(self._idle), None)
+        if victim is None:
+            self._refused += 1
+            victim = newcomer
+        else:
+            self._evicted += 1
+        if not self._at_bound:
+            self._at_bound = True
+            log.warning(
+                "HTTP connection limit reached (%d connections, http_max_connections):"
+                " closing the oldest slow or idle connections to make room",
+                self.limits.max_connections,
+            )
+        self._close(victim)
+
+    def _calm(self) -> None:
+        self._at_bound = False
+        log.warning(
+            "HTTP connections back under the limit: %d slow or idle closed to make room,"
+            " %d refused while every connection was busy",
+            self._evicted,
+            self._refused,
+        )
+        self._evicted = self._refused = 0
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for queue, timeout in (
+            (self._heads, self.limits.request_head_timeout),
+            (self._idle, self.limits.idle_timeout),
+        ):
+            while queue:
+                oldest = next(iter(queue))
+                if now - oldest.since < timeout:
+                    break
+                self._expired += 1
+                self._close(oldest)
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+
+class _AcceptFailures:
+    """The loop's exception handler: one line a minute for failed accepts, no traceback."""
+
+    def __init__(self) -> None:
+        self._last = -ACCEPT_FAILED_LOG_SECONDS
+        self._count = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != ACCEPT_FAILED:
+            loop.default_exception_handler(context)
+            return
+        self._count += 1
+        now = loop.time()
+        if now - self._last >= ACCEPT_FAILED_LOG_SECONDS:
+            error = context.get("exception")
+            reason = getattr(error, "strerror", None) or str(error)
+            log.warning(
+                "cannot accept HTTP connections: %s (%d times since the last such line);"
+                " see http_max_connections and the open-file limit",
+                reason,
+                self._count,
+            )
+            self._last = now
+            self._count = 0
+
+
+async def serve_forever(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    limits: ConnectionLimits,
+) -> None:
+    """Serve the application until SIGTERM or SIGINT; raise ExporterError if it cannot listen."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_AcceptFailures())
+    gate = ConnectionGate(limits)
+    app.middlewares.insert(0, gate.middleware)
+    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=limits.idle_timeout)
+    await runner.setup()
+    stop = asyncio.Event()
+    try:
+        assert runner.server is not None
+        try:
+            server = await loop.create_server(
+                gate.protocol_factory(runner.server),
+                host,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=limits.request_head_timeout if ssl_context else None,
+                reuse_address=True,
+                backlog=BACKLOG,
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ExporterError(f"cannot listen on {host}:{port}: {reason}") from None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        gate.start()
+        try:
+            await stop.wait()
+        finally:
+            gate.stop()
+            server.close()
+    finally:
+        await runner.cleanup()
