@@ -40,12 +40,15 @@ def redact_sql(text: str) -> str:
     >>> redact_sql("DO $$BEGIN PERFORM 'x'; END$$; SELECT $f$a$$b$f$, $1")
     'DO $redacted; SELECT $redacted, $1'
 
-    Quoted identifiers and comments are not literals; a quote inside one starts nothing:
+    Quoted identifiers and comments are not literals: a quote inside one opens nothing that
+    runs past it. What is quoted inside a comment is redacted too, within the comment:
 
     >>> redact_sql('SELECT "it\'s" /* don\'t */ -- isn\'t\nFROM "a""b"')
-    'SELECT "it\'s" /* don\'t */ -- isn\'t\nFROM "a""b"'
+    'SELECT "it\'s" /* don$redacted*/ -- isn$redacted\nFROM "a""b"'
+    >>> redact_sql("ALTER ROLE app PASSWORD 'new' -- was 'old'")
+    'ALTER ROLE app PASSWORD $redacted -- was $redacted'
     >>> redact_sql("SELECT /* outer /* inner */ 'still comment' */ 'lit'")
-    "SELECT /* outer /* inner */ 'still comment' */ $redacted"
+    'SELECT /* outer /* inner */ $redacted */ $redacted'
 
     `$` inside an identifier is not a dollar quote; a tag is:
 
@@ -115,9 +118,14 @@ def _literal_spans(text: str, *, backslash_escapes: bool) -> list[Span]:
             i = _quoted_end(text, i + 1, quote='"')
         elif char == "-" and text.startswith("--", i):
             newline = text.find("\n", i)
-            i = length if newline < 0 else newline + 1
+            end = length if newline < 0 else newline
+            spans += _quoted_in_comment(text, i, end)
+            i = end
         elif char == "/" and text.startswith("/*", i):
-            i = _block_comment_end(text, i + 2)
+            end = _block_comment_end(text, i + 2)
+            closed = text.startswith("*/", end - 2) and end - 2 > i + 1
+            spans += _quoted_in_comment(text, i, end - 2 if closed else end)
+            i = end
         elif char == "$":
             tag = _DOLLAR_TAG.match(text, i)
             if tag is None:
@@ -148,6 +156,21 @@ def _literal_spans(text: str, *, backslash_escapes: bool) -> list[Span]:
             i = end
         else:
             i += 1
+    return spans
+
+
+def _quoted_in_comment(text: str, start: int, end: int) -> list[Span]:
+    """Return the quoted runs inside a comment, none past its end.
+
+    A comment is not a literal, but a statement kept as written keeps its comments too
+    (`ALTER ROLE app PASSWORD 'new' -- was 'old'`): what is quoted there is redacted as well.
+    """
+    spans: list[Span] = []
+    quote = text.find("'", start, end)
+    while quote >= 0:
+        close = min(_quoted_end(text, quote + 1), end)
+        spans.append((quote, close))
+        quote = text.find("'", close, end)
     return spans
 
 
