@@ -4,8 +4,12 @@ The JSON files next to this script are generated from the panel lists below, so 
 panel has the same datasource, variables and layout rules; a test fails when a JSON file and
 this script disagree. Edit here, run the script, commit both. Standard library only.
 
-Every expression selects with ``instance=~"$instance"`` (and ``datname=~"$datname"`` where
-the metric has that label), and names only metrics the exporter emits:
+Every panel reads the data source of the ``datasource`` variable, as Grafana's own dashboards
+do, and every expression selects with ``cluster=~"$cluster", job=~"$job",
+instance=~"$instance"`` (and ``datname=~"$datname"`` where the metric has that label): a fleet
+of servers is narrowed by cluster (a target label Prometheus adds, when it does; without one
+the variable's "All" matches every series), scrape job and instance. Expressions name only
+metrics the exporter emits:
 ``tests/test_dashboards.py`` checks that against a live scrape, and
 ``tests/test_e2e_prometheus.py`` checks that each query returns data in a real Prometheus.
 """
@@ -21,9 +25,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-I = 'instance=~"$instance"'  # noqa: E741 - the selector every query starts with
-ID = 'instance=~"$instance", datname=~"$datname"'
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+#: The selector every query starts with, and the chain of variables that narrows it.
+I = 'cluster=~"$cluster", job=~"$job", instance=~"$instance"'  # noqa: E741
+ID = I + ', datname=~"$datname"'
 # Per-object panels leave out the series that sum the objects over the series budget
 # (schemaname="__other__"): it is a database's remainder, not an object to rank.
 OBJ = ID + ', schemaname!="__other__"'
@@ -88,7 +93,7 @@ class Dashboard:
     title: str
     description: str
     rows: Sequence[Row]
-    variables: Sequence[str] = ("instance", "datname")
+    variables: Sequence[str] = ("cluster", "job", "instance", "datname")
     tags: Sequence[str] = field(default=("postgresql", "pg-health-exporter"))
 
 
@@ -1257,10 +1262,20 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> Json:
     return base
 
 
+#: Each query variable: its label, and the label_values() query that lists its values, each
+#: narrowed by the variables before it.
+VARIABLE_QUERIES = {
+    "cluster": ("Cluster", "label_values(pg_up, cluster)"),
+    "job": ("Job", 'label_values(pg_up{cluster=~"$cluster"}, job)'),
+    "instance": ("Instance", 'label_values(pg_up{cluster=~"$cluster", job=~"$job"}, instance)'),
+    "datname": ("Database", f"label_values(pg_database_size_bytes{{{I}}}, datname)"),
+}
+
+
 def _variables(names: Sequence[str]) -> list[Json]:
     variables: list[Json] = [
         {
-            "name": "DS_PROMETHEUS",
+            "name": "datasource",
             "label": "Data source",
             "type": "datasource",
             "query": "prometheus",
@@ -1273,15 +1288,8 @@ def _variables(names: Sequence[str]) -> list[Json]:
             "regex": "",
         }
     ]
-    queries = {
-        "instance": ("Instance", "label_values(pg_up, instance)"),
-        "datname": (
-            "Database",
-            'label_values(pg_database_size_bytes{instance=~"$instance"}, datname)',
-        ),
-    }
     for name in names:
-        label, query = queries[name]
+        label, query = VARIABLE_QUERIES[name]
         variables.append(
             {
                 "name": name,
@@ -1344,16 +1352,6 @@ def render(dashboard: Dashboard) -> Json:
     ]
     others = [d for d in DASHBOARDS if d.uid != dashboard.uid]
     return {
-        "__inputs": [
-            {
-                "name": "DS_PROMETHEUS",
-                "label": "Prometheus",
-                "description": "The Prometheus that scrapes pg-health-exporter",
-                "type": "datasource",
-                "pluginId": "prometheus",
-                "pluginName": "Prometheus",
-            }
-        ],
         "__elements": {},
         "__requires": requires,
         "annotations": {

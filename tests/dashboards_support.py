@@ -23,6 +23,10 @@ from psycopg import sql
 from tests.support import REPOSITORY, connect, flush_stats, wait_for
 
 DASHBOARDS = REPOSITORY / "dashboards"
+#: The variables that narrow every dashboard to part of a fleet, in order, and the selector
+#: every query starts with.
+FLEET_VARIABLES = ("cluster", "job", "instance", "datname")
+FLEET_SELECTOR = 'cluster=~"$cluster", job=~"$job", instance=~"$instance"'
 
 
 DASHBOARD_FILES = ("overview.json", "tables-indexes.json", "queries-sessions.json")
@@ -34,6 +38,8 @@ RULE_FILES = ("recording.yml", "alerts.yml")
 #: What the tests put in for Grafana's variables: every instance and database, and intervals
 #: that hold at least two samples at any scrape interval up to 15 s.
 GRAFANA_VALUES = {
+    "cluster": ".*",
+    "job": ".*",
     "instance": ".*",
     "datname": ".*",
     "__rate_interval": "1m",
