@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import html
 import logging
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -23,6 +23,8 @@ from exporter.exposition import (
     wants_openmetrics,
 )
 from exporter.fleet import Fleet
+from exporter.health import evaluate
+from exporter.healthpage import CollectorState, TargetHealth, render_page
 from exporter.runbook import runbook_page
 from exporter.settings import Settings
 from exporter.target import CollectorRun, Snapshot, Target
@@ -135,25 +137,7 @@ def _run_state(run: CollectorRun) -> str:
     return f"error: {run.error}"
 
 
-NOT_SCRAPED = '<tr><td colspan="3">not scraped yet</td></tr>'
-
-
-def _target_section(target: Target, link: str) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(run.collector)}</td><td>{html.escape(run.datname)}</td>"
-        f"<td>{html.escape(_run_state(run))}</td></tr>"
-        for run in target.last_runs
-    )
-    return (
-        f'<h2><a href="{html.escape(link)}">{html.escape(target.name)}</a>'
-        f" ({html.escape(target.kind)})</h2><p>{html.escape(target.public_dsn)}</p>"
-        '<table border="1" cellpadding="4">'
-        "<tr><th>collector</th><th>database</th><th>last scrape</th></tr>"
-        f"{rows or NOT_SCRAPED}</table>{_budget_section(target)}"
-    )
-
-
-def _budget_section(target: Target) -> str:
+def _budget_lines(target: Target) -> list[str]:
     """Say which objects had series of their own on the last scrape, and what was summed."""
     lines = []
     for kind, choice in sorted(target.budget.last_choices.items()):
@@ -166,28 +150,48 @@ def _budget_section(target: Target) -> str:
         left_out[key] = max(left_out.get(key, 0), item.objects)
     for (datname, reason), count in sorted(left_out.items()):
         lines.append(f"{datname}: {count:,} objects summed into __other__ ({reason})")
-    if not lines:
-        return ""
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-    return f"<p>Series budget (object_budget {target.settings.object_budget}):</p><ul>{items}</ul>"
+    if lines:
+        lines.insert(0, f"object_budget {target.settings.object_budget}")
+    return lines
+
+
+#: The health page reuses a collection this recent; an older one (or none) is collected anew.
+FRESH_SECONDS = 60.0
+
+
+async def target_health(target: Target, link: str, timeout: float) -> TargetHealth:
+    """Judge a target's checks on its last collection, collecting only if that is stale."""
+    last = target.last_collected_at
+    if last is None or time.time() - last > FRESH_SECONDS:
+        await target.scrape(timeout)
+    families = target.last_families or []
+    results = evaluate(families, up=target.last_up, pgbouncer=target.pgbouncer)
+    return TargetHealth(
+        name=target.name,
+        kind=target.kind,
+        public_dsn=target.public_dsn,
+        metrics_link=link,
+        results=results,
+        collectors=[
+            CollectorState(run.collector, run.datname, _run_state(run)) for run in target.last_runs
+        ],
+        collected_at=target.last_collected_at,
+        budget=_budget_lines(target),
+    )
 
 
 async def landing(request: web.Request) -> web.Response:
-    """Show what this exporter is, its targets and how each collector fared last time."""
+    """Show the health of each target: its checks, the objects behind them, its collectors."""
     fleet = request.app[FLEET]
-    sections = []
+    settings = request.app[SETTINGS]
+    timeout = scrape_timeout(request, settings)
+    pending = []
     if fleet.default is not None:
-        sections.append(_target_section(fleet.default, "/metrics"))
+        pending.append(target_health(fleet.default, "/metrics", timeout))
     for name, target in fleet.named.items():
-        sections.append(_target_section(target, f"/probe?target={quote(name)}"))
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>pg-health-exporter</title></head>
-<body><h1>pg-health-exporter {html.escape(__version__)}</h1>
-<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a>
- · <a href="/readyz">/readyz</a></p>
-{"".join(sections)}
-</body></html>
-"""
+        pending.append(target_health(target, f"/probe?target={quote(name)}", timeout))
+    targets = await asyncio.gather(*pending)
+    page = render_page(targets, version=__version__, runbook_url=settings.runbook_url)
     return web.Response(text=page, content_type="text/html")
 
 

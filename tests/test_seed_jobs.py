@@ -14,15 +14,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from exporter.exposition import encode
-from exporter.target import Target
+from tests.seed_jobs_support import Watcher
 from tests.support import (
-    CATALOG,
     Scrape,
     Server,
     connect,
     flush_stats,
-    make_settings,
     scrape_async,
 )
 
@@ -122,19 +119,6 @@ CREATE MATERIALIZED VIEW mv_dashboard_stats AS
 CREATE UNIQUE INDEX ON mv_dashboard_stats (organization_id, status);
 CREATE MATERIALIZED VIEW mv_other AS SELECT 1 AS one;
 """
-
-
-class Watcher:
-    """One target scraped again and again, as Prometheus does: the tracker's state lives in it."""
-
-    def __init__(self, dsn: str, **overrides: Any) -> None:
-        settings = make_settings(dsn, **overrides)
-        collectors = CATALOG.selected(profile=settings.profile, disabled=())
-        self.target = Target("test", dsn, settings, collectors)
-
-    async def scrape(self) -> Scrape:
-        snapshot = await self.target.scrape(20)
-        return Scrape(encode(snapshot.families, openmetrics=False).decode(), self.target.last_runs)
 
 
 def _view(result: Scrape, metric: str, view: str = "mv_dashboard_stats") -> float:
