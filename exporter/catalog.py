@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exporter.errors import CatalogError
-from exporter.settings import describe_validation_error
+from exporter.settings import describe_validation_error, read_text_file
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -397,9 +397,11 @@ def directory_files(directory: Path) -> list[tuple[str, str]]:
     """Return (path, text) for each collector file in a user directory."""
     if not directory.is_dir():
         raise CatalogError(f"{directory}: collector directory does not exist")
-    return [
-        (str(path), path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.toml"))
-    ]
+    try:
+        paths = sorted(path for path in directory.iterdir() if path.name.endswith(".toml"))
+    except OSError as exc:
+        raise CatalogError(f"{directory}: cannot read: {exc.strerror or exc}") from None
+    return [(str(path), read_text_file(path, CatalogError)) for path in paths]
 
 
 def load_catalog(

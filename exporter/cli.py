@@ -106,12 +106,10 @@ def serve(loaded: Loaded) -> None:
     tls = web_config.tls_server_config if web_config else None
     context = ssl_context(tls, settings.web_config_file or Path()) if tls else None
     host, port = listen_host_port(settings.listen_address)
-    scheme = "https" if context else "http"
     for target in loaded.fleet.all():
         log.info(
             "target %s (%s): %d collectors", target.name, target.public_dsn, len(target.collectors)
         )
-    log.info("serving on %s://%s:%d/metrics", scheme, host, port)
     app = build_app(settings, loaded.fleet, web_config)
     database_connections = sum(target.connection_bound() for target in loaded.fleet.all())
     limits = connection_limits(settings, database_connections)

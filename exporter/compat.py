@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from exporter.catalog import CollectorSpec
 from exporter.errors import CatalogError
-from exporter.settings import describe_validation_error
+from exporter.settings import describe_validation_error, read_text_file
 
 _USAGES = {
     "LABEL": "label",
@@ -110,9 +110,7 @@ def _collector(path: Path, namespace: str, entry: Any) -> CollectorSpec:
 def load_queries_yaml(path: Path) -> list[CollectorSpec]:
     """Read a postgres_exporter query file; raise CatalogError naming the entry if wrong."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot read: {exc.strerror}") from None
+        document = yaml.safe_load(read_text_file(path, CatalogError)) or {}
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(document, dict):

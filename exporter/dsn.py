@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.errors import ConfigError
@@ -22,7 +25,65 @@ def parse_dsn(dsn: str, *, source: str = "DATA_SOURCE_NAME") -> dict[str, str]:
             f"{source}: not a valid PostgreSQL connection string"
             " (expected 'postgresql://user@host:port/db' or 'host=... dbname=...')"
         ) from None
-    return {key: str(value) for key, value in params.items() if value is not None}
+    options = {key: str(value) for key, value in params.items() if value is not None}
+    problem = option_problem(options)
+    if problem is not None:
+        raise ConfigError(f"{source}: {scrub(problem, secrets_of(dsn))}")
+    return options
+
+
+# A Unix socket directory that does not exist: libpq checks the options, then fails to connect
+# there at once, without a packet on the network.
+_NOWHERE = "/nonexistent/pg-health-exporter/options-check"
+_INTEGER_OPTIONS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+
+
+def option_problem(options: dict[str, str]) -> str | None:
+    """Return what libpq finds wrong with a DSN's option values (one line), or None.
+
+    libpq checks values such as sslmode only when it connects; this asks it to connect to a
+    Unix socket that does not exist, in place of the DSN's hosts, so a bad value is reported
+    at start instead of as `pg_up 0` for ever. A few options libpq reads only later are checked
+    here by hand.
+
+    >>> option_problem({"host": "db.example.com", "sslmode": "verify-full"}) is None
+    True
+    >>> option_problem({"host": "db.example.com", "sslmode": "bogus"})
+    'invalid sslmode value: "bogus"'
+    >>> option_problem({"hostaddr": "10.0.0.x"})
+    "hostaddr: '10.0.0.x' is not an IP address"
+    >>> option_problem({"connect_timeout": "soon"})
+    "connect_timeout: 'soon' is not an integer"
+    """
+    for name in _INTEGER_OPTIONS:
+        value = options.get(name, "").strip()
+        if value and not value.lstrip("-").isdigit():
+            return f"{name}: {value!r} is not an integer"
+    addresses = options.get("hostaddr", "").split(",")
+    for address in addresses:
+        try:
+            if address:
+                ipaddress.ip_address(address.strip())
+        except ValueError:
+            return f"hostaddr: {address!r} is not an IP address"
+    hosts = max(len(options.get("host", "").split(",")), len(addresses))
+    probe = {key: value for key, value in options.items() if key != "hostaddr"}
+    probe["host"] = ",".join([_NOWHERE] * hosts)
+    conn = pq.PGconn.connect_start(make_conninfo("", **probe).encode())
+    try:
+        message = conn.get_error_message(encoding="utf-8")
+    finally:
+        conn.finish()
+    if _NOWHERE in message or not message.strip():
+        return None
+    return message.strip().splitlines()[0]
 
 
 def redact_dsn(dsn: str) -> str:

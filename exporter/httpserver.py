@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 import ssl
@@ -357,8 +358,10 @@ async def serve_forever(
                 backlog=BACKLOG,
             )
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise ExporterError(f"cannot listen on {host}:{port}: {reason}") from None
+        scheme = "https" if ssl_context else "http"
+        log.info("serving on %s://%s:%d/metrics", scheme, host, port)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         gate.start()

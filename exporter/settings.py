@@ -29,7 +29,7 @@ from pydantic_settings import (
 )
 
 from exporter.dsn import parse_dsn
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, ExporterError
 
 Profile = Literal["minimal", "standard", "full"]
 #: A PostgreSQL interval as an operator writes it: "12 months", "90 days", "1 year 6 months".
@@ -103,11 +103,9 @@ class TargetSettings(BaseModel):
                 )
         elif self.password_file is not None:
             try:
-                password = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(
-                    f"{where}.password_file: cannot read {self.password_file}: {exc.strerror}"
-                ) from None
+                password = read_text_file(self.password_file).rstrip("\r\n")
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.password_file: cannot read {exc}") from None
         return make_conninfo(dsn, password=password) if password is not None else dsn
 
 
@@ -357,13 +355,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Read the settings; raise ConfigError with one line naming the source and the field."""
     source = str(config_file) if config_file else "settings"
     if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"{config_file}: no such file")
         import tomllib
 
         try:
-            tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            tomllib.loads(read_text_file(config_file))
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
     settings_cls = Settings
     if config_file is not None:
@@ -377,9 +373,24 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
+def read_text_file(path: Path, error: type[ExporterError] = ConfigError) -> str:
+    """Return a UTF-8 file's text; raise `error` with one line saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """Return the first error of a pydantic ValidationError as 'field.path: message'."""
     first = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own words
+    return f"{where}: {message}{more}"

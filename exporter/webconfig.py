@@ -32,7 +32,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from exporter.errors import ConfigError
-from exporter.settings import describe_validation_error
+from exporter.settings import describe_validation_error, read_text_file
 
 # Paths anyone may reach without credentials: a container's liveness probe has none.
 PUBLIC_PATHS = frozenset({"/healthz"})
@@ -90,9 +90,7 @@ def bcrypt_cost(hashed: str) -> int:
 def load_web_config(path: Path) -> WebConfig:
     """Read and check a web config file; raise ConfigError with one line naming the problem."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        document = yaml.safe_load(read_text_file(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     try:
