@@ -88,8 +88,13 @@ def describe(labels: dict[str, str]) -> str:
     'public.audit_logs (database app)'
     >>> describe({"pid": "42", "usename": "app", "application_name": "api", "datname": "db"})
     'pid 42, user app, application api (database db)'
+    >>> describe({"queryid": "7", "query": "SELECT $1", "usename": "app", "datname": "db"})
+    'statement 7 (SELECT $1), user app (database db)'
     """
     parts: list[str] = []
+    if labels.get("queryid"):
+        text = labels.get("query")
+        parts.append(f"statement {labels['queryid']}" + (f" ({text})" if text else ""))
     schema = labels.get("schemaname")
     for key in ("indexrelname", "sequencename", "matviewname", "relname"):
         if labels.get(key):
@@ -307,9 +312,17 @@ def evaluate(
         note=SINCE_RESET,
         empty="unknown",
     )
+    # The statement's text, once per statement and already redacted, from its info family.
+    texts = {
+        _key(s, "query"): s.labels.get("query", "")
+        for s in series.get("pg_stat_statements_query_info")
+    }
     slow = _judge(
         t.SLOW_QUERIES,
-        [(s.labels, s.value) for s in series.get("pg_stat_statements_mean_exec_seconds")],
+        [
+            ({**s.labels, "query": texts.get(_key(s), "")}, s.value)
+            for s in series.get("pg_stat_statements_mean_exec_seconds")
+        ],
         note="mean time per call " + SINCE_RESET,
         empty="unknown",
     )
