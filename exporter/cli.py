@@ -1,4 +1,4 @@
-"""The command line: serve (default), check-config and demo."""
+"""The command line: serve (default), check-config, demo and report."""
 
 from __future__ import annotations
 
@@ -52,9 +52,27 @@ def _parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "check-config", "demo"],
+        choices=["serve", "check-config", "demo", "report"],
         help="serve (default); check-config: validate settings and collectors; demo: run on an"
-        " embedded PostgreSQL with a sample schema and workload",
+        " embedded PostgreSQL with a sample schema and workload; report: the health checks"
+        " once, exit 0 ok, 1 warning, 3 critical (2: bad configuration)",
+    )
+    parser.add_argument(
+        "--dsn",
+        help="report: the database to check (else data_source_name, DATA_SOURCE_NAME, or"
+        " libpq's PG* variables); prefer PGPASSWORD or ~/.pgpass to a password here",
+    )
+    parser.add_argument(
+        "--format",
+        dest="output_format",
+        choices=["text", "json", "markdown"],
+        default="text",
+        help="report: how to print it (default text)",
+    )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        help="report: keep what this run saw for the next (materialized-view refreshes)",
     )
     return parser
 
@@ -74,6 +92,8 @@ def load(
     listen_address: str | None,
     web_config_file: Path | None = None,
     extend_query_path: Path | None = None,
+    *,
+    dsn: str | None = None,
 ) -> Loaded:
     """Load and check everything; raise ExporterError with one line if anything is wrong."""
     overrides: dict[str, Any] = {}
@@ -83,6 +103,8 @@ def load(
         overrides["web_config_file"] = web_config_file
     if extend_query_path:
         overrides["extend_query_path"] = [extend_query_path]
+    if dsn is not None:
+        overrides["data_source_name"] = dsn
     settings = load_settings(config, **overrides)
     catalog = load_catalog(
         settings.collector_dirs,
@@ -127,14 +149,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             from exporter.demo import run_demo
 
             return run_demo(args.listen_address or "127.0.0.1:9187")
+        if args.dsn is not None and args.command != "report":
+            raise ExporterError("--dsn: only for the report command")
         loaded = load(
-            args.config, args.listen_address, args.web_config_file, args.extend_query_path
+            args.config,
+            args.listen_address,
+            args.web_config_file,
+            args.extend_query_path,
+            dsn=args.dsn,
         )
     except ExporterError as exc:
         print(f"pg-health-exporter: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     settings = loaded.settings
     logging.getLogger().setLevel(settings.log_level)
+    if args.command == "report":
+        from exporter.report import run_report
+
+        # The report is the output; the log only for what stops it.
+        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+        text, status = run_report(
+            settings,
+            loaded.catalog,
+            output_format=args.output_format,
+            state_file=args.state_file,
+        )
+        sys.stdout.write(text)
+        return status
     if args.command == "check-config":
         selected = loaded.catalog.selected(
             profile=settings.profile, disabled=settings.disabled_collectors

@@ -29,9 +29,11 @@ over.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.samples import samples
 from exporter.selfmetrics import SelfMetric
@@ -166,6 +168,24 @@ class RefreshTracker:
             else:
                 state.update(relfilenode, inserted, deleted, now)
         return self._families(now)
+
+    def dump(self) -> list[dict[str, Any]]:
+        """Return the state as JSON-ready data (``report --state-file`` keeps it between runs)."""
+        return [
+            {"view": list(key), **dataclasses.asdict(state)}
+            for key, state in sorted(self._views.items())
+        ]
+
+    def load(self, data: list[dict[str, Any]]) -> None:
+        """Take back what :meth:`dump` returned; ignore entries that do not fit."""
+        fields = {f.name for f in dataclasses.fields(ViewState)}
+        for entry in data:
+            try:
+                datname, schemaname, matviewname = (str(part) for part in entry["view"])
+                state = ViewState(**{k: v for k, v in entry.items() if k in fields})
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._views[(datname, schemaname, matviewname)] = state
 
     def _families(self, now: float) -> list[Family]:
         since, observed, refreshes, last, interval = (metric.family() for metric in METRICS)

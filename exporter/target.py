@@ -173,7 +173,7 @@ class Target:
         self._logged: set[tuple[str, str]] = set()
         self._was_up: bool | None = None
         # Materialized-view refreshes are seen by comparing scrapes (exporter/matview_refresh.py).
-        self._refreshes = RefreshTracker(settings.matview_interval_seconds)
+        self.refreshes = RefreshTracker(settings.matview_interval_seconds)
         # The last finished collection's families (not its encoded pages), for the health page
         # and `report`, which never query by themselves.
         self.last_families: list[Family] | None = None
@@ -865,7 +865,7 @@ class Target:
             )
         )
         watched = {r.datname for r in runs if r.collector == MATVIEW_COLLECTOR and r.output}
-        families.extend(self._refreshes.observe(families, watched))
+        families.extend(self.refreshes.observe(families, watched))
         self.last_families, self.last_up, self.last_collected_at = families, up, time.time()
         return Snapshot(families=families, up=up, duration=duration)
 
