@@ -881,8 +881,9 @@ QUERIES_SESSIONS = Dashboard(
                 ),
                 ts(
                     "Age of the statements running now",
-                    "Quantiles of the pg_query_duration_seconds histogram: how long the active"
-                    " statements have been running.",
+                    "Quantiles of pg_query_duration_seconds, a gauge histogram of the sessions"
+                    " at each scrape: how long the active statements have been running. Its"
+                    " buckets are a snapshot, not counters: queried as they are, never rate().",
                     *(
                         Query(
                             f"histogram_quantile({q}, sum by (instance, le)"
@@ -904,8 +905,8 @@ QUERIES_SESSIONS = Dashboard(
                 Panel(
                     "bargauge",
                     "Statements running now, by age",
-                    "Cumulative buckets of pg_query_duration_seconds: sessions whose current"
-                    " statement (or idle transaction) started at most this long ago.",
+                    "Buckets of the gauge histogram pg_query_duration_seconds: sessions whose"
+                    " current statement (or idle transaction) started at most this long ago.",
                     [
                         Query(
                             f"sum by (le) (pg_query_duration_seconds_bucket{{{I}}})",

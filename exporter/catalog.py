@@ -27,8 +27,14 @@ RESERVED_PREFIXES = ("pg_exporter_", "process_", "python_")
 RESERVED_NAMES = frozenset({"pg_up"})
 PROFILE_RANK = {"minimal": 0, "standard": 1, "full": 2}
 
-Usage = Literal["label", "gauge", "counter", "histogram", "bucketed_histogram", "discard"]
-METRIC_USAGES = frozenset({"gauge", "counter", "histogram", "bucketed_histogram"})
+Usage = Literal[
+    "label", "gauge", "counter", "histogram", "gauge_histogram", "bucketed_histogram", "discard"
+]
+METRIC_USAGES = frozenset(
+    {"gauge", "counter", "histogram", "gauge_histogram", "bucketed_histogram"}
+)
+#: Usages whose rows are observations, bucketed with the column's `buckets`.
+OBSERVED_USAGES = frozenset({"histogram", "gauge_histogram"})
 
 
 class _Strict(BaseModel):
@@ -66,7 +72,7 @@ class ColumnSpec(_Strict):
     def _buckets_only_for_histograms(self) -> ColumnSpec:
         if self.usage == "bucketed_histogram" and self.buckets is not None:
             raise ValueError("a bucketed histogram takes its bounds from the query, not 'buckets'")
-        if self.usage == "histogram":
+        if self.usage in OBSERVED_USAGES:
             if not self.buckets:
                 raise ValueError("a histogram column needs 'buckets'")
             if list(self.buckets) != sorted(set(self.buckets)):
@@ -195,7 +201,7 @@ class CollectorSpec(_Strict):
         usages = {column.usage for column in self.columns.values()}
         if not usages & METRIC_USAGES:
             raise ValueError("columns: declare at least one gauge, counter or histogram")
-        if "histogram" in usages and usages & {"gauge", "counter"}:
+        if usages & OBSERVED_USAGES and usages & {"gauge", "counter"}:
             raise ValueError(
                 "columns: a histogram collector has only label and histogram columns"
                 " (each row is one observation)"
@@ -275,6 +281,8 @@ class CollectorSpec(_Strict):
                 names.append(name)
                 if spec.usage in ("histogram", "bucketed_histogram"):
                     names += [name + part for part in ("_bucket", "_sum", "_count")]
+                elif spec.usage == "gauge_histogram":
+                    names += [name + part for part in ("_bucket", "_gsum", "_gcount")]
         if self.info is not None:
             names.append(self.info_name())
         return names
@@ -314,7 +322,9 @@ def _check_column_names(
         raise ValueError(f"{where}: counter {name!r} must end in '_total'")
     if spec.usage != "counter" and name.endswith("_total") and not legacy_names:
         raise ValueError(f"{where}: only counters end in '_total' ({name!r})")
-    if spec.usage == "histogram" and name.endswith(("_bucket", "_sum", "_count")):
+    if spec.usage in OBSERVED_USAGES and name.endswith(
+        ("_bucket", "_sum", "_count", "_gsum", "_gcount")
+    ):
         raise ValueError(f"{where}: histogram {name!r} must not end in _bucket, _sum or _count")
 
 

@@ -146,6 +146,9 @@ def encode_chunks(
     for family in families:
         if not family.lines:
             continue
+        if kind_is_gauge_histogram(family) and not openmetrics:
+            parts.extend(_gauge_histogram_as_gauges(family))
+            continue
         name, kind = family.name, family.type
         if openmetrics and kind == "counter":
             if name.endswith("_total"):
@@ -170,6 +173,37 @@ def encode_chunks(
             yield text_format.generate_latest(registry)
     if openmetrics:
         yield b"# EOF\n"
+
+
+def kind_is_gauge_histogram(family: Family) -> bool:
+    """Tell whether a family is a gauge histogram (buckets that fall as well as rise)."""
+    return family.type == "gaugehistogram"
+
+
+def _gauge_histogram_as_gauges(family: Family) -> list[str]:
+    """Write a gauge histogram in the 0.0.4 text format, which has no such type.
+
+    The buckets as ``# TYPE NAME histogram`` with its ``NAME_bucket`` lines only (the one type
+    under which 0.0.4 and promtool take ``le`` buckets), and ``NAME_gcount`` and ``NAME_gsum``
+    as gauges, not a histogram's ``_count`` and ``_sum``: the very series Prometheus stores from
+    OpenMetrics' ``gaugehistogram`` (which it asks for first), so queries do not depend on the
+    format. Prometheus scraping OpenMetrics records the type ``gaugehistogram``.
+    """
+    parts: list[str] = []
+    for suffix, kind, what in (
+        ("_bucket", "histogram", "buckets of the sessions now, not counters: never rate() them"),
+        ("_gcount", "gauge", "count of observations"),
+        ("_gsum", "gauge", "sum of observations"),
+    ):
+        name = family.name + suffix
+        lines = [line for line in family.lines if line.startswith((name + "{", name + " "))]
+        if not lines:
+            continue
+        family_name = family.name if kind == "histogram" else name
+        help_text = _escape_help(f"{family.help} Gauge histogram, {what}.", False)
+        parts += [f"# HELP {family_name} {help_text}\n", f"# TYPE {family_name} {kind}\n"]
+        parts += lines
+    return parts
 
 
 def encode(

@@ -44,6 +44,14 @@ def _min_version(spec: CollectorSpec) -> str:
     return text
 
 
+_KINDS = {
+    "gauge_histogram": "gauge histogram (OpenMetrics `gaugehistogram`: `_bucket`, `_gcount`,"
+    " `_gsum`; in the 0.0.4 text format the buckets typed `histogram`, `_gcount` and `_gsum`"
+    " as gauges). Not cumulative: query it without `rate()`, e.g."
+    " `histogram_quantile(0.9, sum by (le) (NAME_bucket))`",
+}
+
+
 def render(catalog: Catalog) -> str:
     """Return the reference as Markdown."""
     out = [
@@ -85,10 +93,11 @@ def render(catalog: Catalog) -> str:
             if column_spec.usage == "label"
         )
         for column, column_spec in spec.columns.items():
-            if column_spec.usage in ("gauge", "counter", "histogram"):
+            if column_spec.usage in ("gauge", "counter", "histogram", "gauge_histogram"):
                 description = column_spec.description.replace("|", "\\|")
+                kind = _KINDS.get(column_spec.usage, column_spec.usage)
                 rows.append(
-                    f"| `{spec.metric_name(column)}` | {column_spec.usage} | {labels or '-'} | "
+                    f"| `{spec.metric_name(column)}` | {kind} | {labels or '-'} | "
                     f"`{spec.name}` | {description} |"
                 )
         if spec.info is not None:

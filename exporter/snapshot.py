@@ -171,7 +171,7 @@ class RowRenderer:
                 bucketed = column_spec.usage == "bucketed_histogram"
                 family = Family(
                     name=spec.metric_name(column),
-                    type="histogram" if bucketed else column_spec.usage,
+                    type=_FAMILY_TYPES.get(column_spec.usage, column_spec.usage),
                     help=column_spec.description,
                 )
                 self.families.append(family)
@@ -334,6 +334,8 @@ class RowRenderer:
                     continue
                 series += len(buckets) + 3
                 name = metric.family.name
+                # A gauge histogram's count and sum are _gcount and _gsum (OpenMetrics).
+                g = "g" if metric.family.type == "gaugehistogram" else ""
                 fixed = self.fixed_labels
                 for bound in buckets:
                     le = f'le="{format_float(float(bound))}"'
@@ -344,10 +346,14 @@ class RowRenderer:
                 metric.family.lines.append(f"{name}_bucket{block} {len(observed)}\n")
                 block = label_block(self.label_names, key, fixed)
                 metric.family.lines.append(
-                    f"{name}_sum{block} {format_float(float(sum(observed)))}\n"
+                    f"{name}_{g}sum{block} {format_float(float(sum(observed)))}\n"
                 )
-                metric.family.lines.append(f"{name}_count{block} {len(observed)}\n")
+                metric.family.lines.append(f"{name}_{g}count{block} {len(observed)}\n")
         return CollectorOutput(self.families, series, 0, over_limit)
+
+
+#: The exposition type of each metric usage whose name differs.
+_FAMILY_TYPES = {"bucketed_histogram": "histogram", "gauge_histogram": "gaugehistogram"}
 
 
 def _observation(value: Any, metric: _MetricColumn) -> float | None:

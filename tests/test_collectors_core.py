@@ -155,7 +155,7 @@ async def test_long_running_query_is_counted_and_listed(pg: Server, database: st
     assert int(top.labels["pid"]) == pid
     # The same session lands in the histogram's active state, above the 1 s bucket.
     assert result.value("pg_query_duration_seconds_bucket", state="active", le="1.0") == 0
-    assert result.value("pg_query_duration_seconds_count", state="active") >= 1
+    assert result.value("pg_query_duration_seconds_gcount", state="active") >= 1
 
 
 async def test_short_queries_are_not_long_running(pg: Server, database: str) -> None:

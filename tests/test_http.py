@@ -57,7 +57,11 @@ async def test_metrics_text_format_parses_and_passes_promtool(
     scrape = Scrape(text)
     assert scrape.value("pg_up") == 1
     assert scrape.types["pg_database_xact_commit"] == "counter"
+    # A gauge histogram: in the 0.0.4 format its buckets, and _gcount and _gsum as gauges.
     assert scrape.types["pg_query_duration_seconds"] == "histogram"
+    assert scrape.types["pg_query_duration_seconds_gcount"] == "gauge"
+    assert scrape.types["pg_query_duration_seconds_gsum"] == "gauge"
+    assert not scrape.find("pg_query_duration_seconds_count")
     assert "process_resident_memory_bytes" in scrape.names()
     assert_promtool_accepts(text)
 
@@ -74,6 +78,14 @@ async def test_openmetrics_by_negotiation(pg: Server, client_for: ClientFactory)
     assert families["pg_up"].samples[0].value == 1
     assert families["pg_database_xact_commit"].type == "counter"
     assert families["pg_database_xact_commit"].samples[0].name == "pg_database_xact_commit_total"
+    durations = families["pg_query_duration_seconds"]
+    assert durations.type == "gaugehistogram"
+    names = {sample.name for sample in durations.samples}
+    assert names == {
+        "pg_query_duration_seconds_bucket",
+        "pg_query_duration_seconds_gcount",
+        "pg_query_duration_seconds_gsum",
+    }
 
 
 async def test_gzip_when_asked(pg: Server, client_for: ClientFactory) -> None:

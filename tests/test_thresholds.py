@@ -136,3 +136,22 @@ async def test_the_exporter_serves_the_runbook() -> None:
         text = await response.text()
     assert 'id="postgrestabledeadtuples"' in text
     assert "<script" not in text
+
+
+def test_no_dashboard_or_rule_rates_a_gauge_histogram() -> None:
+    """Gauge histograms are snapshots: rate() or increase() of their series means nothing."""
+    from exporter.catalog import load_catalog
+    from tests.dashboards_support import all_expressions
+
+    gauge_histograms = [
+        spec.metric_name(column)
+        for spec in load_catalog().collectors
+        for column, column_spec in spec.columns.items()
+        if column_spec.usage == "gauge_histogram"
+    ]
+    assert "pg_query_duration_seconds" in gauge_histograms
+    counter_functions = re.compile(r"\b(rate|irate|increase|resets)\s*\(([^()]|\([^()]*\))*")
+    for where, expr in all_expressions():
+        for match in counter_functions.finditer(expr):
+            for name in gauge_histograms:
+                assert name not in match[0], f"{where}: {expr}"
