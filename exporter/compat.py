@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from exporter.catalog import CollectorSpec
 from exporter.errors import CatalogError
 from exporter.settings import describe_validation_error, read_text_file
+from exporter.spec import CollectorSpec
 
 _USAGES = {
     "LABEL": "label",

@@ -109,6 +109,18 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
+def describe_error(exc: BaseException, secrets: list[str]) -> str:
+    """Return an error's first line without any of these secrets, for logs and pages.
+
+    >>> describe_error(ValueError("bad password s3cret\\nDETAIL: more"), ["s3cret"])
+    'bad password ***'
+    >>> describe_error(TimeoutError(), [])
+    'TimeoutError'
+    """
+    text = str(exc).strip()
+    return scrub(text.splitlines()[0], secrets) if text else type(exc).__name__
+
+
 def secrets_of(dsn: str) -> list[str]:
     """Return the secret values inside a DSN, to scrub them from messages."""
     try:

@@ -17,3 +17,7 @@ class CatalogError(ExporterError):
 
 class CollectorFailed(ExporterError):
     """A collector's query could not produce samples on this scrape."""
+
+
+class ServerUnreachable(ExporterError):
+    """No round trip to the server within the budget: the message says why (pg_up is 0)."""

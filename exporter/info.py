@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from exporter.catalog import CollectorSpec, InfoSpec
 from exporter.errors import CollectorFailed
 from exporter.redact import statement_label
 from exporter.snapshot import Family, RowRenderer, escape_label_value, label_text
+from exporter.spec import CollectorSpec, InfoSpec
 
 Key = tuple[str, ...]
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from exporter.catalog import CollectorSpec, choose_variant
+from exporter.spec import CollectorSpec, choose_variant
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,22 @@ def select_databases(
         and not any(re.fullmatch(p, name) for p in exclude)
     ]
     return chosen[:limit]
+
+
+def split_lanes(items: Sequence[T], lanes: int, cost: Callable[[T], float]) -> list[list[T]]:
+    """Share items among `lanes` connections: the costliest first, each to the least loaded.
+
+    >>> split_lanes(["a", "b", "c"], 2, {"a": 3.0, "b": 2.0, "c": 1.0}.__getitem__)
+    [['a'], ['b', 'c']]
+    >>> split_lanes(["a", "b"], 1, lambda item: 0.0)
+    [['a', 'b']]
+    """
+    if lanes < 2 or len(items) < 2:
+        return [list(items)]
+    loads = [0.0] * lanes
+    split: list[list[T]] = [[] for _ in range(lanes)]
+    for item in sorted(items, key=lambda item: -cost(item)):
+        lane = loads.index(min(loads))
+        loads[lane] += cost(item) + 0.001
+        split[lane].append(item)
+    return [lane for lane in split if lane]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from exporter.outcome import CollectorRun
+from exporter.plan import ServerInfo
 from exporter.snapshot import Family, format_float, label_block
-
-if TYPE_CHECKING:
-    from exporter.plan import ServerInfo
-    from exporter.target import CollectorRun
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ from exporter.exposition import (
 from exporter.fleet import Fleet
 from exporter.health import evaluate
 from exporter.healthpage import CollectorState, TargetHealth, render_page
+from exporter.outcome import CollectorRun, Failed, Ok, Skipped
 from exporter.runbook import runbook_page
 from exporter.settings import Settings
-from exporter.target import CollectorRun, Snapshot, Target
+from exporter.snapshot import Snapshot
+from exporter.target import Target
 from exporter.webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -130,11 +132,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def _run_state(run: CollectorRun) -> str:
-    if run.output is not None:
-        return "ok (cached)" if run.cached else "ok"
-    if run.skipped is not None:
-        return f"skipped: {run.skipped}"
-    return f"error: {run.error}"
+    match run.outcome:
+        case Ok():
+            return "ok (cached)" if run.cached else "ok"
+        case Skipped(reason=reason):
+            return f"skipped: {reason}"
+        case Failed(error=error):
+            return f"error: {error}"
 
 
 def _budget_lines(target: Target) -> list[str]:

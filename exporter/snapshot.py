@@ -6,6 +6,7 @@ of that row, and no object is made per sample beyond its line of text.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +14,9 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from exporter.catalog import METRIC_USAGES, CollectorSpec
 from exporter.errors import CollectorFailed
 from exporter.redact import statement_label
+from exporter.spec import METRIC_USAGES, CollectorSpec
 
 # The longest statement text a label carries by default (the setting query_text_max_length).
 STATEMENT_TEXT_LENGTH = 200
@@ -39,6 +40,21 @@ class CollectorOutput:
     series: int
     dropped_duplicates: int = 0
     dropped_over_limit: int = 0
+
+
+@dataclass
+class Snapshot:
+    """A finished scrape: every family to encode, nothing left to query.
+
+    `up` is None when the answer had to go before the collection it joined had even made
+    its round trip.
+    Concurrent scrapes share one snapshot, and so its encoded pages (by format and gzip).
+    """
+
+    families: list[Family]
+    up: bool | None
+    duration: float
+    encoded: dict[tuple[bool, bool], asyncio.Future[bytes]] = field(default_factory=dict)
 
 
 def escape_label_value(value: str) -> str:

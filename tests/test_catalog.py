@@ -16,6 +16,7 @@ import exporter.plan
 import exporter.redact
 import exporter.settings
 import exporter.snapshot
+import exporter.spec
 import exporter.webconfig
 from exporter.catalog import load_catalog, load_collector_file
 from exporter.errors import CatalogError
@@ -34,6 +35,7 @@ from tests.support import GOOD_COLLECTOR
         exporter.redact,
         exporter.settings,
         exporter.snapshot,
+        exporter.spec,
         exporter.webconfig,
     ],
 )
@@ -169,10 +171,10 @@ def test_histogram_series_names_clash_too(tmp_path: Path) -> None:
 def test_every_key_of_a_collector_file_is_documented() -> None:
     document = (Path(__file__).parent.parent / "docs" / "collector-format.md").read_text()
     for section, model in (
-        ("## Collector keys", exporter.catalog.CollectorSpec),
-        ("## Variant keys", exporter.catalog.VariantSpec),
-        ("## Column keys", exporter.catalog.ColumnSpec),
-        ("## Info keys", exporter.catalog.InfoSpec),
+        ("## Collector keys", exporter.spec.CollectorSpec),
+        ("## Variant keys", exporter.spec.VariantSpec),
+        ("## Column keys", exporter.spec.ColumnSpec),
+        ("## Info keys", exporter.spec.InfoSpec),
     ):
         table = document.split(section, 1)[1].split("\n## ", 1)[0]
         documented = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}

@@ -92,10 +92,10 @@ async def test_the_page_shows_both_problems_red_then_green(
         await client.get("/metrics")
         await asyncio.sleep(4.2)
         await client.get("/metrics")
-        scrapes = watcher.target._counters.scrapes
+        scrapes = watcher.target.counters.scrapes
 
         dom = await asyncio.to_thread(chromium, f"http://127.0.0.1:{port}/", "--dump-dom")
-        assert watcher.target._counters.scrapes == scrapes, "the page queried by itself"
+        assert watcher.target.counters.scrapes == scrapes, "the page queried by itself"
         checks = checks_in(dom)
         level, text = checks["partition_retention"]
         assert level == "critical", text
@@ -138,14 +138,14 @@ async def test_a_stale_collection_is_renewed_and_a_fresh_one_reused(
     app = build_app(watcher.target.settings, Fleet(default=watcher.target, named={}))
     async with TestClient(TestServer(app)) as client:
         page = await (await client.get("/")).text()  # nothing collected yet: collects once
-        assert watcher.target._counters.scrapes == 1
+        assert watcher.target.counters.scrapes == 1
         assert 'data-check="connections" data-level="ok"' in page
         await client.get("/")
-        assert watcher.target._counters.scrapes == 1
+        assert watcher.target.counters.scrapes == 1
         assert watcher.target.last_collected_at is not None
         watcher.target.last_collected_at -= 3600
         await client.get("/")
-        assert watcher.target._counters.scrapes == 2
+        assert watcher.target.counters.scrapes == 2
 
 
 def test_every_text_is_escaped() -> None:

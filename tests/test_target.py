@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from psycopg import sql
 
-import exporter.target
+from exporter.logonce import LogOnce
 from exporter.target import Target
 from tests.support import CATALOG, Server, connect, make_settings
 
@@ -19,7 +18,7 @@ async def test_a_dropped_database_leaves_no_pool_and_no_error(pg: Server) -> Non
     await target.open()
     try:
         await target.scrape(20)
-        assert "comes_and_goes" in target._database_pools
+        assert "comes_and_goes" in target.connections.databases()
         with connect(pg.admin()) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
@@ -27,9 +26,9 @@ async def test_a_dropped_database_leaves_no_pool_and_no_error(pg: Server) -> Non
             )
             conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier("comes_and_goes")))
         await target.scrape(20)
-        assert "comes_and_goes" not in target._database_pools
+        assert "comes_and_goes" not in target.connections.databases()
         assert not any(run.error for run in target.last_runs)
-        assert not any(key[1] == "comes_and_goes" for key in target._cache)
+        assert "comes_and_goes" not in target.cache.databases()
     finally:
         await target.close()
 
@@ -51,13 +50,11 @@ async def test_ttl_cache_serves_repeated_scrapes(pg: Server) -> None:
     assert not second["table_stats"].cached  # no ttl: asked again
 
 
-def test_the_logged_once_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exporter.target, "LOGGED_ONCE_LIMIT", 3)
-    settings = make_settings("host=127.0.0.1 port=1 dbname=x")
-    target = Target("t", settings.dsn, settings, ())
-    assert target._first_time(("c", "message 1"))
-    assert not target._first_time(("c", "message 1"))  # once
+def test_the_logged_once_memory_is_bounded() -> None:
+    log_once = LogOnce("t", limit=3)
+    assert log_once.first_time(("c", "message 1"))
+    assert not log_once.first_time(("c", "message 1"))  # once
     for n in range(2, 10):
-        assert target._first_time(("c", f"message {n}"))
-    assert len(target._logged) <= 3
-    assert target._first_time(("c", "message 1"))  # forgotten, so logged once more
+        assert log_once.first_time(("c", f"message {n}"))
+    assert log_once.remembered() <= 3
+    assert log_once.first_time(("c", "message 1"))  # forgotten, so logged once more
