@@ -1,0 +1,197 @@
+"""End to end: the seed's two unwatched jobs, as a real Prometheus sees them through the exporter.
+
+A database where nothing dropped audit_logs partitions for 14 months and nobody refreshes
+mv_dashboard_stats: PostgresPartitionsNotDropped and PostgresMaterializedViewStale fire, both
+critical, naming the table and the view. Then the jobs run (old partitions dropped, the view
+refreshed every half second) and both alerts resolve.
+
+The exporter cannot know refreshes from before it started, so the view's expected interval is
+1 second here (``matview_refresh_interval``) and every rule's ``for`` is 1 s: "refreshed an
+hour ago" for a 15-minute view is four intervals, as 4 s is here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.seed_jobs_support import build_seed_problems, fix_seed_problems
+from tests.support import REPOSITORY, Server, connect, free_port
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+RULES = ("recording.yml", "alerts.yml")
+ALERTS = ("PostgresPartitionsNotDropped", "PostgresMaterializedViewStale")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not PROMETHEUS.is_file(),
+        reason="no /usr/bin/prometheus (Debian package prometheus; .ci/run installs it)",
+    ),
+]
+
+
+def http_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def until(what: str, check: Callable[[], Any], seconds: float, logs: list[Path]) -> Any:
+    """Return check()'s first truthy answer; fail with the logs' tails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:  # not listening yet
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})\n{tails}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process this test started, by its PID."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture
+def stack(pg: Server, database: str, tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
+    """Start the exporter and Prometheus over the database; yield Prometheus's URL and logs."""
+    build_seed_problems(pg.admin(database))
+    processes: list[subprocess.Popen[bytes]] = []
+    exporter_port, prometheus_port = free_port(), free_port()
+    config = tmp_path / "exporter.toml"
+    config.write_text(
+        f'data_source_name = "{pg.monitor(database)}"\n'
+        f'listen_address = "127.0.0.1:{exporter_port}"\n'
+        'matview_refresh_interval = { "mv_dashboard_stats" = "1 second" }\n'
+    )
+    rules = []
+    for name in RULES:
+        data = yaml.safe_load((REPOSITORY / "dashboards" / name).read_text())
+        for group in data["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = "1s"
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        rules.append(str(path))
+    prometheus_yml = tmp_path / "prometheus.yml"
+    prometheus_yml.write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "scrape_interval": "1s",
+                    "scrape_timeout": "1s",
+                    "evaluation_interval": "1s",
+                },
+                "rule_files": rules,
+                "scrape_configs": [
+                    {
+                        "job_name": "postgres",
+                        "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    logs = [tmp_path / "exporter.log", tmp_path / "prometheus.log"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME"))}
+    try:
+        with logs[0].open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "exporter", "--config", str(config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
+        with logs[1].open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(PROMETHEUS),
+                        f"--config.file={prometheus_yml}",
+                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                        "--log.level=warn",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        yield f"http://127.0.0.1:{prometheus_port}", logs
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+
+def firing(prometheus: str) -> dict[tuple[str, str], dict[str, str]]:
+    """Return (alert, severity) -> labels of every firing alert of the two checks."""
+    query = urllib.parse.urlencode({"query": 'ALERTS{alertstate="firing"}'})
+    answer = http_json(f"{prometheus}/api/v1/query?{query}")
+    return {
+        (item["metric"]["alertname"], item["metric"]["severity"]): item["metric"]
+        for item in answer["data"]["result"]
+        if item["metric"]["alertname"] in ALERTS
+    }
+
+
+def test_both_alerts_fire_then_resolve_once_the_jobs_run(
+    pg: Server, database: str, stack: tuple[str, list[Path]]
+) -> None:
+    prometheus, logs = stack
+    wanted = {(alert, severity) for alert in ALERTS for severity in ("warning", "critical")}
+    alerts = until("both alerts to fire", lambda: wanted <= set(firing(prometheus)), 90, logs)
+    assert alerts
+    now = firing(prometheus)
+    retention = now[("PostgresPartitionsNotDropped", "critical")]
+    assert (retention["datname"], retention["relname"]) == (database, "audit_logs")
+    stale = now[("PostgresMaterializedViewStale", "critical")]
+    assert (stale["datname"], stale["matviewname"]) == (database, "mv_dashboard_stats")
+
+    # The jobs run: old partitions dropped, the view refreshed every half second.
+    fix_seed_problems(pg.admin(database))
+    stopping = threading.Event()
+    errors: list[BaseException] = []
+
+    def refresh_job() -> None:
+        try:
+            with connect(pg.admin(database)) as conn:
+                while not stopping.wait(0.5):
+                    conn.execute("REFRESH MATERIALIZED VIEW mv_dashboard_stats")
+        except BaseException as exc:
+            errors.append(exc)
+
+    job = threading.Thread(target=refresh_job, name="pghe-refresh-job", daemon=True)
+    job.start()
+    try:
+        until("both alerts to resolve", lambda: firing(prometheus) == {} or None, 60, logs)
+        time.sleep(3)  # and stay resolved
+        assert firing(prometheus) == {}
+    finally:
+        stopping.set()
+        job.join(timeout=10)
+    assert not errors, errors
