@@ -347,8 +347,9 @@ def our_config(
     port: int,
     *,
     exporter_path: Path | None = None,
+    settings: dict[str, str] | None = None,
 ) -> ExporterConfig:
-    """Configure pg-health-exporter to run exactly `collectors`."""
+    """Configure pg-health-exporter to run `collectors`, with these PG_EXPORTER_ settings."""
     wanted = set(collectors)
     disabled = sorted(spec.name for spec in catalog.collectors if spec.name not in wanted)
     env = clean_environment()
@@ -360,6 +361,7 @@ def our_config(
         PG_EXPORTER_LONG_QUERY_THRESHOLD_SECONDS="1",
         PG_EXPORTER_LOG_LEVEL="WARNING",
     )
+    env.update(settings or {})
     if exporter_path is not None:
         # A copy of the package (with its queries/ inside as exporter/queries) to compare.
         env["PYTHONPATH"] = str(exporter_path)
@@ -854,6 +856,59 @@ def render_tables(results: Sequence[ScenarioResult]) -> str:
     return "\n".join(lines)
 
 
+# The targets of the default profile against the reference (issue 9): (what, target, better when).
+SAMPLES_TARGET = 60_000
+RSS_TARGET_MB = 120
+BACKEND_CPU_TARGET = 0.6
+WALL_TARGET = 0.25
+
+
+def _verdict(value: float, target: float, text: str) -> str:
+    """Return `text` with whether `value` meets `target` (at most), or by how much it misses."""
+    if value <= target:
+        return f"{text} (met)"
+    return f"{text} ({value / target - 1:.0%} over)"
+
+
+def render_targets(results: Sequence[ScenarioResult]) -> str:
+    """Return the default profile's four targets against the reference, measured in this run."""
+    lines = [
+        "Default (standard) profile against postgres_exporter, in this run:",
+        f"| scenario | exporter | samples per scrape (<= {SAMPLES_TARGET:,})"
+        f" | peak RSS MB (<= {RSS_TARGET_MB}) | PostgreSQL CPU per scrape, ours/ref"
+        f" (<= {BACKEND_CPU_TARGET}) | scrape wall, ours/ref (<= {WALL_TARGET}) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        ref = result.find("postgres_exporter")
+        for ours in result.measurements:
+            if not ours.config.startswith(("ours-standard", "ours-unbudgeted")):
+                continue
+            rss = ours.peak_rss / 1e6
+            samples = _verdict(ours.samples, SAMPLES_TARGET, f"{ours.samples:,}")
+            memory = _verdict(rss, RSS_TARGET_MB, f"{rss:.0f}")
+            backend = wall = "-"
+            if ref is not None and ref.backend_cpu_per_scrape > 0:
+                ratio = ours.backend_cpu_per_scrape / ref.backend_cpu_per_scrape
+                backend = _verdict(
+                    ratio,
+                    BACKEND_CPU_TARGET,
+                    f"{ours.backend_cpu_per_scrape * 1000:.0f} / "
+                    f"{ref.backend_cpu_per_scrape * 1000:.0f} ms = {ratio:.2f}",
+                )
+            if ref is not None:
+                ratio = ours.wall_median / ref.wall_median
+                wall = _verdict(
+                    ratio,
+                    WALL_TARGET,
+                    f"{ms(ours.wall_median)} / {ms(ref.wall_median)} ms = {ratio:.2f}",
+                )
+            lines.append(
+                f"| {result.scenario} | {ours.config} | {samples} | {memory} | {backend} | {wall} |"
+            )
+    return "\n".join(lines)
+
+
 def render_floor(result: ScenarioResult) -> str:
     """Return the floor of one scenario per collector (summed over databases)."""
     totals: dict[str, list[float]] = {}
@@ -909,7 +964,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--configs",
         default="ref,ours,ours-standard,ours-ttl-cached",
         help="what to measure, comma-separated: ref (postgres_exporter), ours (comparable"
-        " collectors), ours-standard (standard profile, every collector), ours-ttl-cached"
+        " collectors), ours-standard (standard profile, every collector, the default),"
+        " ours-unbudgeted (the same without the series budget), ours-ttl-cached"
         " (only collectors with a ttl: after the first scrape, served from the cache)",
     )
     parser.add_argument("--floor-repeat", type=int, default=3)
@@ -1008,6 +1064,19 @@ def run_scenario(
                     exporter_path=args.exporter_path,
                 )
             )
+        elif name == "ours-unbudgeted":
+            configs.append(
+                our_config(
+                    "ours-unbudgeted",
+                    "standard profile, no series budget (object_budget 10^9)",
+                    server,
+                    catalog,
+                    standard,
+                    port,
+                    exporter_path=args.exporter_path,
+                    settings={"PG_EXPORTER_OBJECT_BUDGET": str(10**9)},
+                )
+            )
         elif name == "ours-ttl-cached":
             configs.append(
                 our_config(
@@ -1098,6 +1167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {args.scrapes} measured scrapes per exporter\n"
     )
     print(render_tables(results))
+    print()
+    print(render_targets(results))
     for result in results:
         print()
         print(render_floor(result))

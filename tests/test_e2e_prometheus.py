@@ -12,8 +12,13 @@ PgBouncer and a server that does not exist as /probe targets. Prometheus (Debian
 relabeling unchanged) and evaluates the shipped rules every second with every ``for`` shortened
 to 1 s.
 
+The scenario's tables sit among HEALTHY_TABLES quiet ones (each with a used serial sequence),
+more than the exporter's default series budget: only the
+tables and sequences that rank or are past an alert's threshold keep series of their own.
+
 Then: every dashboard query returns data, every metric the dashboards and rules name has been
-scraped (standby and PgBouncer metrics included), and the alerts the scenario calls for fire.
+scraped (standby and PgBouncer metrics included), the alerts the scenario calls for fire, each
+table, index and sequence alert for its own object, and the budget held.
 """
 
 from __future__ import annotations
@@ -64,6 +69,12 @@ MAX_CONNECTIONS = 100
 HELD_BY_PGBOUNCER = "SELECT pg_sleep(599)"
 #: Everything waits within this many seconds of the stack being up.
 BUDGET_SECONDS = 60.0
+#: Healthy tables beside the scenario's, in schema HEALTHY_SCHEMA: past the default
+#: object_budget (250), so the series budget chooses.
+HEALTHY_TABLES = 2000
+HEALTHY_SCHEMA = "tenants"
+#: The exporter's default object_budget: objects of a kind with series of their own, at most.
+OBJECT_BUDGET = 250
 
 pytestmark = [pytest.mark.slow, needs_tool("prometheus"), needs_tool("pgbouncer")]
 
@@ -115,6 +126,28 @@ def http_json(url: str) -> Any:
     """GET a URL and decode its JSON."""
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
+
+
+def build_healthy_tables(dsn: str) -> None:
+    """Create HEALTHY_TABLES quiet tables, each with a used sequence (as a serial column).
+
+    Empty and never scanned: nothing ranks them, so the budget sums them all, and the
+    dashboards' top-N panels rank the scenario's tables as they would alone. In batches: each
+    CREATE TABLE holds a few locks until its transaction ends.
+    """
+    with connect(dsn) as conn:
+        conn.execute(f"CREATE SCHEMA {HEALTHY_SCHEMA}")
+        for first in range(1, HEALTHY_TABLES + 1, 500):
+            last = min(HEALTHY_TABLES, first + 499)
+            conn.execute(
+                f"""DO $$ BEGIN FOR i IN {first}..{last} LOOP
+                  EXECUTE format('CREATE TABLE {HEALTHY_SCHEMA}.t%s (id serial, v int)', i);
+                  PERFORM nextval(format('{HEALTHY_SCHEMA}.t%s_id_seq', i));
+                END LOOP; END $$""".encode()
+            )
+        # Readable sequences, as the scenario's are: the sequences collector sees them all.
+        conn.execute(f"GRANT USAGE ON SCHEMA {HEALTHY_SCHEMA} TO {MONITOR}")
+        conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {HEALTHY_SCHEMA} TO {MONITOR}")
 
 
 def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -288,6 +321,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             conn.execute(f"CREATE ROLE {MONITOR} LOGIN IN ROLE pg_monitor")
             conn.execute(f"CREATE DATABASE {DATABASE}")
+        build_healthy_tables(primary.dsn(DATABASE))
         standby = primary.make_standby()
         scenario = Scenario(primary.dsn, DATABASE, MONITOR, slow_statements=True)
         scenario.start()
@@ -533,3 +567,26 @@ def test_every_metric_named_was_scraped(stack: Stack) -> None:
         if missing:
             time.sleep(1)
     assert not missing, f"never scraped: {sorted(missing)}\n{stack.log_tails()}"
+
+
+def test_the_series_budget_keeps_the_tables_that_matter(stack: Stack) -> None:
+    """Among the healthy tables, the scenario's keep their series; the rest are summed."""
+    where = f'datname="{DATABASE}", job="postgres"'
+
+    def budget_applied() -> bool:
+        rolled = stack.query(f'pg_exporter_objects_rolled_up{{{where}, collector="table_stats"}}')
+        return bool(rolled) and float(rolled[0]["value"][1]) > 0
+
+    wait_until("the series budget to sum tables", budget_applied, stack.deadline())
+    tables = stack.query(f"pg_table_live_tuples{{{where}}}")
+    names = {series["metric"]["relname"] for series in tables}
+    assert len(names) <= OBJECT_BUDGET + 1, len(names)
+    assert {"ticket_events", "tickets", "__other__"} <= names
+    other = stack.query(f'pg_table_heap_bytes{{{where}, relname="__other__"}}')
+    assert other, "no __other__ series: the healthy tables' sums are missing"
+    sequences = stack.query(f"pg_sequence_used_ratio{{{where}}}")
+    assert len(sequences) <= OBJECT_BUDGET
+    assert "invoice_numbers" in {series["metric"]["sequencename"] for series in sequences}
+    # No alert is about the sum of the tables left out.
+    alerts = http_json(f"{stack.prometheus_url}/api/v1/alerts")["data"]["alerts"]
+    assert not [a["labels"] for a in alerts if a["labels"].get("schemaname") == "__other__"]
