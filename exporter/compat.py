@@ -27,6 +27,8 @@ _USAGES = {
     "DISCARD": "discard",
     "HISTOGRAM": "bucketed_histogram",
 }
+# Label columns taken for statement text, and redacted as such (redact = "sql").
+STATEMENT_TEXT_COLUMNS = frozenset({"query", "query_text", "statement", "current_query"})
 _RANGE = re.compile(r"(>=|<=|>|<|=)?\s*(\d+)(?:\.(\d+))?(?:\.\d+)?")
 
 
@@ -82,6 +84,10 @@ def _collector(path: Path, namespace: str, entry: Any) -> CollectorSpec:
             "usage": usage,
             "description": str(spec.get("description") or column),
         }
+        if usage == "label" and str(column).lower() in STATEMENT_TEXT_COLUMNS:
+            # pg_stat_statements.query or pg_stat_activity.query: the file cannot say so,
+            # and a password in it must not reach a label.
+            columns[str(column)]["redact"] = "sql"
         if usage == "bucketed_histogram":
             for part in ("_bucket", "_sum", "_count"):
                 columns.setdefault(

@@ -99,3 +99,17 @@ async def test_legacy_counters_are_valid_openmetrics(pg: Server) -> None:
     text = encode(snapshot.families, openmetrics=True).decode()
     families = {f.name: f for f in parse_om(text)}  # type: ignore[no-untyped-call]
     assert families["pg_stat_user_tables_seq_scan"].type == "unknown"
+
+
+def test_a_query_text_label_is_redacted(tmp_path: Path) -> None:
+    path = tmp_path / "queries.yaml"
+    path.write_text(
+        "activity:\n"
+        "  query: SELECT query, 1 AS n FROM pg_stat_activity\n"
+        "  metrics:\n"
+        "    - query: {usage: LABEL, description: text}\n"
+        "    - n: {usage: GAUGE, description: one}\n"
+    )
+    (spec,) = load_queries_yaml(path)
+    assert spec.columns["query"].redact == "sql"
+    assert spec.columns["n"].redact is None
