@@ -590,3 +590,19 @@ def test_the_series_budget_keeps_the_tables_that_matter(stack: Stack) -> None:
     # No alert is about the sum of the tables left out.
     alerts = http_json(f"{stack.prometheus_url}/api/v1/alerts")["data"]["alerts"]
     assert not [a["labels"] for a in alerts if a["labels"].get("schemaname") == "__other__"]
+
+
+def test_statement_text_joins_the_numbers_once_per_statement(stack: Stack) -> None:
+    """The dashboards' group_left finds one text for each top statement, never the numbers'."""
+    key = "instance, job, datname, usename, queryid"
+    joined_expr = (
+        f"pg_stat_statements_calls_total * on ({key}) group_left (query)"
+        " pg_stat_statements_query_info"
+    )
+
+    def joined() -> list[dict[str, Any]]:
+        return stack.query(joined_expr)
+
+    rows = wait_until("statement text to join the numbers", joined, stack.deadline())
+    assert all(row["metric"]["query"] for row in rows)
+    assert not stack.query('pg_stat_statements_calls_total{query!=""}')
