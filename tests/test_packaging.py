@@ -35,3 +35,15 @@ def test_image_runs_as_non_root_with_a_healthcheck() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^USER\s+(?!root|0\b)\S+", text, re.MULTILINE)
     assert "HEALTHCHECK" in text and "/healthz" in text
+
+
+def test_every_subpackage_is_shipped() -> None:
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(packages["packages"])
+    found = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "exporter").rglob("__init__.py")
+    }
+    assert found <= listed, "add the package to [tool.setuptools] packages in pyproject.toml"
