@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 
+from exporter.budget import shared_labels
 from exporter.errors import CollectorFailed
-from exporter.execute import PredicateFalse, execute, execute_info, installed_extensions
+from exporter.execute import PredicateFalse, Rows, execute, execute_info, installed_extensions
 from exporter.info import InfoCache
 from exporter.logonce import LogOnce
 from exporter.outcome import PREDICATE_FALSE, CollectorRun, Failed, Ok, Outcome, Skipped
@@ -88,7 +89,8 @@ class CollectorRunner:
             if spec.objects is not None:
                 # Rendered once the scrape's objects are chosen (the renderer checked the
                 # columns).
-                outcome = Ok(CollectorOutput([], 0), rows=rows)
+                shared = Rows(rows.columns, shared_labels(spec, rows.columns, rows.rows))
+                outcome = Ok(CollectorOutput([], 0), rows=shared)
             else:
                 output = renderer.render(rows.rows)
                 if self._wants_info(spec):
