@@ -104,7 +104,9 @@ def to_number(value: Any) -> float | int | None:
         try:
             return float(value)
         except ValueError:
-            raise CollectorFailed(f"value {value[:40]!r} is not a number") from None
+            # The error reaches the log and the landing page: a text that is not a number may
+            # be a statement (a column declared as a metric by mistake), so no literal of it.
+            raise CollectorFailed(f"value {statement_label(value, 40)!r} is not a number") from None
     raise CollectorFailed(f"a value of type {kind.__name__} is not a number")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from exporter.catalog import CollectorSpec, load_collector_file
 from exporter.errors import CollectorFailed
-from exporter.snapshot import RowRenderer
+from exporter.snapshot import RowRenderer, to_number
 
 SPEC_TEXT = """
 name = "t"
@@ -189,3 +189,10 @@ def test_statement_text_is_redacted_then_cut(length: int) -> None:
     # With no text at all, the two statements are one label set: the second is a duplicate.
     assert texts == list(dict.fromkeys(text[:length] for text in expected))
     assert not any("hunter2" in line or "it''s" in line for line in lines)
+
+
+def test_a_text_that_is_not_a_number_is_named_without_its_literals() -> None:
+    with pytest.raises(CollectorFailed) as info:
+        to_number("ALTER ROLE app PASSWORD 'hunter2'")
+    assert "hunter2" not in str(info.value)
+    assert "ALTER ROLE app PASSWORD $redacted" in str(info.value)
