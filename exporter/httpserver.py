@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter.errors import ExporterError
 from exporter.settings import Settings
@@ -303,6 +304,24 @@ class ConnectionGate:
         self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
 
+class _MalformedRequests(logging.Filter):
+    """Drop aiohttp's ERROR with traceback for each request that does not parse.
+
+    Such a request is the client's fault and is answered 400 (and written in the access log);
+    the traceback would let any client fill the log, and it quotes the request line, which may
+    hold a DSN with a password in /probe?target=.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, HttpProcessingError)
+
+
+# aiohttp's server messages go through this logger, which never shows malformed requests.
+server_log = logging.getLogger("exporter.http")
+server_log.addFilter(_MalformedRequests())
+
+
 class _AcceptFailures:
     """The loop's exception handler: one line a minute for failed accepts, no traceback."""
 
@@ -342,7 +361,9 @@ async def serve_forever(
     loop.set_exception_handler(_AcceptFailures())
     gate = ConnectionGate(limits)
     app.middlewares.insert(0, gate.middleware)
-    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=limits.idle_timeout)
+    runner = web.AppRunner(
+        app, handle_signals=False, keepalive_timeout=limits.idle_timeout, logger=server_log
+    )
     await runner.setup()
     stop = asyncio.Event()
     try:
