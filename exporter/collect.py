@@ -7,8 +7,10 @@ psycopg cannot decode all become the outcome of that one run.
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -24,8 +26,42 @@ from exporter.settings import Settings
 from exporter.snapshot import CollectorOutput, RowRenderer
 from exporter.spec import CollectorSpec
 
+#: A key the names do not hold asks for them again, at most this often (seconds).
+NAMES_RETRY_SECONDS = 10.0
+
 # Logged as the target's: operators filter on that name.
 log = logging.getLogger("exporter.target")
+
+
+@dataclass(frozen=True)
+class Names:
+    """The label values of a collector's objects by key, and until when they hold."""
+
+    columns: list[str]
+    by_key: dict[Any, tuple[Any, ...]]
+    expires: float
+    asked: float
+
+    @classmethod
+    def of(cls, answer: Rows, key: str, expires: float, asked: float) -> Names:
+        """Index the names query's answer by its key column."""
+        at = answer.columns.index(key)
+        columns = [name for i, name in enumerate(answer.columns) if i != at]
+        by_key = {
+            row[at]: tuple(
+                sys.intern(v) if type(v) is str else v for i, v in enumerate(row) if i != at
+            )
+            for row in answer.rows
+        }
+        return cls(columns, by_key, expires, asked)
+
+    def stale(self, now: float, keys: Iterable[Any]) -> bool:
+        """Tell whether to ask again: expired, or a key unknown (once per retry interval)."""
+        if now >= self.expires:
+            return True
+        if now - self.asked < NAMES_RETRY_SECONDS:
+            return False
+        return any(key not in self.by_key for key in keys)
 
 
 class CollectorRunner:
@@ -45,6 +81,8 @@ class CollectorRunner:
         self._log_once = log_once
         # Info labels (statement text) by collector and database: asked once per key.
         self._info: dict[tuple[str, str], InfoCache] = {}
+        # Object names by collector and database, for collectors that read by oid.
+        self._names: dict[tuple[str, str], Names] = {}
 
     async def extensions(
         self, conn: psycopg.AsyncConnection[Any], queries: Sequence[PlannedQuery]
@@ -80,6 +118,8 @@ class CollectorRunner:
             rows = await execute(
                 conn, query, timeout=timeout, settings=self._settings, pgbouncer=self._pgbouncer
             )
+            if spec.names is not None:
+                rows = await self._named(conn, spec, datname, rows)
             renderer = RowRenderer(
                 spec,
                 rows.columns,
@@ -112,6 +152,25 @@ class CollectorRunner:
         """Drop the info labels of databases no longer scraped."""
         for key in [key for key in self._info if key[1] and key[1] not in keep]:
             del self._info[key]
+        for key in [key for key in self._names if key[1] and key[1] not in keep]:
+            del self._names[key]
+
+    async def _named(
+        self, conn: psycopg.AsyncConnection[Any], spec: CollectorSpec, datname: str, rows: Rows
+    ) -> Rows:
+        """Add the names of the rows' objects (asked when stale or new); drop the unnamed."""
+        assert spec.names is not None
+        at = rows.columns.index(spec.names.key)
+        names = self._names.get((spec.name, datname))
+        now = time.monotonic()
+        if names is None or names.stale(now, (row[at] for row in rows.rows)):
+            answer = await execute_info(conn, spec.names.sql, self._settings.sql_parameters())
+            names = Names.of(answer, spec.names.key, now + spec.names.ttl, now)
+            self._names[(spec.name, datname)] = names
+        by_key = names.by_key
+        # An object created between the two queries is named on a later scrape.
+        joined = [row + by_key[row[at]] for row in rows.rows if row[at] in by_key]
+        return Rows([*rows.columns, *names.columns], joined)
 
     def _wants_info(self, spec: CollectorSpec) -> bool:
         """Tell whether to publish the collector's info family (none for text when off)."""

@@ -161,6 +161,20 @@ class ObjectsSpec(_Strict):
         return [column for measure in named for column in measure.split("+")]
 
 
+class NamesSpec(_Strict):
+    """The names of the objects a collector reads statistics of by oid, asked rarely.
+
+    Thirty thousand index rows cost the server more to name (joins, text out) than to count;
+    the main query returns the `key` column (an oid) and the numbers, and this query the
+    `key` and the label columns, asked again after `ttl` seconds or when the main query
+    returns a key it has not named (a new object). A rename shows after the `ttl`.
+    """
+
+    key: str
+    sql: str = Field(min_length=1)
+    ttl: float = Field(default=300.0, gt=0)
+
+
 class CollectorSpec(_Strict):
     """One collector: what it asks PostgreSQL and how the answer becomes metrics."""
 
@@ -187,6 +201,7 @@ class CollectorSpec(_Strict):
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     info: InfoSpec | None = None
     objects: ObjectsSpec | None = None
+    names: NamesSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSpec:
@@ -223,6 +238,10 @@ class CollectorSpec(_Strict):
         check_variants_disjoint(self.variants)
         if self.objects is not None:
             self._check_objects(self.objects)
+        if self.names is not None and self.columns.get(self.names.key, _NO_COLUMN).usage != (
+            "discard"
+        ):
+            raise ValueError(f"names.key: {self.names.key!r} is not a declared discard column")
         return self
 
     def _check_info(self, info: InfoSpec) -> None:

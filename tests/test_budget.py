@@ -8,7 +8,9 @@ import pytest
 
 from exporter.budget import OTHER, Answer, ObjectBudget, ObjectRows, check_thresholds, render_chosen
 from exporter.catalog import Catalog, CollectorSpec, load_catalog, load_collector_file
+from exporter.collect import Names
 from exporter.errors import CatalogError
+from exporter.execute import Rows
 from exporter.settings import BudgetSettings
 from exporter.snapshot import RowRenderer
 from tests.support import CATALOG, Scrape, Server, connect, flush_stats, scrape
@@ -249,6 +251,23 @@ def test_objects_are_checked_at_load(change: str, message: str | None) -> None:
         load_collector_file("x.toml", text)
 
 
+def test_names_are_asked_again_when_old_or_when_an_object_is_new() -> None:
+    answer = Rows(["oid", "relname"], [(1, "a"), (2, "b")])
+    names = Names.of(answer, "oid", expires=100.0, asked=0.0)
+    assert names.columns == ["relname"]
+    assert names.by_key == {1: ("a",), 2: ("b",)}
+    assert not names.stale(50.0, [1, 2])
+    assert names.stale(50.0, [1, 3])  # a new object
+    assert not names.stale(5.0, [3])  # but not more often than every NAMES_RETRY_SECONDS
+    assert names.stale(100.0, [1])  # expired
+
+
+def test_a_names_key_is_a_discard_column() -> None:
+    text = SIZES.replace("[objects]", '[names]\nkey = "heap"\nsql = "SELECT 1"\n\n[objects]')
+    with pytest.raises(CatalogError, match=r"names\.key: 'heap' is not a declared discard"):
+        load_collector_file("x.toml", text)
+
+
 # --------------------------------------------------------------- against a real server
 
 
@@ -299,6 +318,25 @@ def test_under_the_budget_a_scrape_is_what_it_was(pg: Server, database: str) -> 
     # Counters and sizes do not move between the two scrapes of an idle database.
     assert before == after
     assert not any("__other__" in str(key) for key in after)
+
+
+def test_indexes_read_by_oid_are_named_as_pg_stat_user_indexes_names_them(
+    pg: Server, database: str
+) -> None:
+    _build_tables(pg.admin(database), 3, dead_in="churn")
+    result = scrape(pg.monitor(database), include_databases=[database])
+    with connect(pg.admin(database)) as conn:
+        expected = {
+            (schema, table, index): scans
+            for schema, table, index, scans in conn.execute(
+                "SELECT schemaname, relname, indexrelname, idx_scan FROM pg_stat_user_indexes"
+            ).fetchall()
+        }
+    found = {
+        (s.labels["schemaname"], s.labels["relname"], s.labels["indexrelname"]): s.value
+        for s in result.find("pg_index_scans_total", datname=database)
+    }
+    assert found == expected
 
 
 def test_over_the_budget_a_table_past_the_alert_keeps_its_series(pg: Server, database: str) -> None:

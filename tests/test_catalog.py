@@ -175,6 +175,8 @@ def test_every_key_of_a_collector_file_is_documented() -> None:
         ("## Variant keys", exporter.spec.VariantSpec),
         ("## Column keys", exporter.spec.ColumnSpec),
         ("## Info keys", exporter.spec.InfoSpec),
+        ("## Objects keys", exporter.spec.ObjectsSpec),
+        ("## Names keys", exporter.spec.NamesSpec),
     ):
         table = document.split(section, 1)[1].split("\n## ", 1)[0]
         documented = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
