@@ -314,8 +314,14 @@ async def test_fuzzed_requests_never_get_a_5xx_nor_a_traceback(
 
     answers = await run_cases(exporter.port, cases)
 
-    failures = {n: status for n, status in answers.items() if status is None or status >= 500}
     raw = {case.number: case.raw[:300] for case in cases}
+    # /readyz says 503 when the database did not answer within the request's budget, which a
+    # scrape-timeout header of 0.5 s (0.1 s after the margin) makes likely on a busy machine.
+    failures = {
+        n: status
+        for n, status in answers.items()
+        if status is None or (status >= 500 and not (status == 503 and b"/readyz" in raw[n]))
+    }
     assert not failures, [(status, raw[n]) for n, status in list(failures.items())[:5]]
     log = exporter.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
