@@ -13,6 +13,7 @@ business too, so a check here turns amber or red at once.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -292,6 +293,39 @@ def _up(series: Series, up: bool | None) -> CheckResult:
 SINCE_RESET = "since the server's statistics were reset (the alert uses the last 5 minutes)"
 
 
+def _cache_hit_ratio(series: Series, now: float | None = None) -> CheckResult:
+    """Judge each database's hit ratio since its statistics were reset.
+
+    The guard, as the alert's: only where more than ``guard.value`` blocks a second were read
+    from outside shared buffers, here on average since the reset (or the server's start), so
+    that a quiet database with a cold cache stays green.
+    """
+    guard = t.CACHE_HIT_RATIO.guard
+    assert guard is not None
+    now = time.time() if now is None else now
+    started = series.one("pg_postmaster_start_timestamp_seconds")
+    resets = {s.labels.get("datname"): s.value for s in series.get(_RESET)}
+    reads = {s.labels.get("datname"): s.value for s in series.get("pg_database_blks_read_total")}
+
+    def busy(labels: dict[str, str]) -> bool:
+        since = resets.get(labels.get("datname")) or started
+        blocks = reads.get(labels.get("datname"))
+        if not since or blocks is None or now <= since:
+            return False
+        return guard.holds(blocks / (now - since))
+
+    return _judge(
+        t.CACHE_HIT_RATIO,
+        [(s.labels, s.value) for s in series.get("pg_database_cache_hit_ratio")],
+        note=SINCE_RESET + f"; judged where over {guard.value:g} blocks/s were read on average",
+        guard=busy,
+        empty="unknown",
+    )
+
+
+_RESET = "pg_database_stats_reset_timestamp_seconds"
+
+
 def evaluate(
     families: Iterable[Family], *, up: bool | None = None, pgbouncer: bool = False
 ) -> list[CheckResult]:
@@ -306,12 +340,7 @@ def evaluate(
         ]
     if series.one("pg_up") == 0 or up is False:
         return [_up(series, up)]
-    cache = _judge(
-        t.CACHE_HIT_RATIO,
-        [(s.labels, s.value) for s in series.get("pg_database_cache_hit_ratio")],
-        note=SINCE_RESET,
-        empty="unknown",
-    )
+    cache = _cache_hit_ratio(series)
     # The statement's text, once per statement and already redacted, from its info family.
     texts = {
         _key(s, "query"): s.labels.get("query", "")

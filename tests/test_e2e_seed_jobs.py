@@ -86,6 +86,7 @@ def stack(pg: Server, database: str, tmp_path: Path) -> Iterator[tuple[str, list
         f'data_source_name = "{pg.monitor(database)}"\n'
         f'listen_address = "127.0.0.1:{exporter_port}"\n'
         'matview_refresh_interval = { "mv_dashboard_stats" = "1 second" }\n'
+        f'include_databases = ["^{database}$"]\n'
     )
     rules = []
     for name in RULES:

@@ -84,7 +84,12 @@ async def test_the_page_shows_both_problems_red_then_green(
     pg: Server, database: str, tmp_path: Path
 ) -> None:
     build_seed_problems(pg.admin(database))
-    watcher = Watcher(pg.monitor(database), matview_refresh_interval=MATVIEW_INTERVAL)
+    # This test's database only: the shared server holds other tests' databases and problems.
+    watcher = Watcher(
+        pg.monitor(database),
+        matview_refresh_interval=MATVIEW_INTERVAL,
+        include_databases=[f"^{database}$"],
+    )
     app = build_app(watcher.target.settings, Fleet(default=watcher.target, named={}))
     port = free_port()
     async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as client:
@@ -187,3 +192,33 @@ def test_every_text_is_escaped() -> None:
     assert "<script" not in page
     assert "&lt;script&gt;" in page
     assert "http://" not in page and "https://" not in page  # no external asset
+
+
+def test_a_cold_cache_on_a_quiet_database_stays_green() -> None:
+    from exporter.health import Series, _cache_hit_ratio
+
+    def family(name: str, *lines: str) -> Family:
+        return Family(name, "gauge", "", [f"{line}\n" for line in lines])
+
+    now = 1_000_000.0
+    series = Series.of(
+        [
+            family(
+                "pg_postmaster_start_timestamp_seconds",
+                f"pg_postmaster_start_timestamp_seconds {now - 1000}",
+            ),
+            family(
+                "pg_database_cache_hit_ratio",
+                'pg_database_cache_hit_ratio{datname="quiet"} 0.5',
+                'pg_database_cache_hit_ratio{datname="busy"} 0.9',
+            ),
+            family(
+                "pg_database_blks_read_total",
+                'pg_database_blks_read_total{datname="quiet"} 5000',  # 5 blocks/s
+                'pg_database_blks_read_total{datname="busy"} 500000',  # 500 blocks/s
+            ),
+        ]
+    )
+    result = _cache_hit_ratio(series, now=now)
+    assert result.level == "warning"
+    assert [finding.name for finding in result.objects] == ["database busy"]

@@ -33,7 +33,10 @@ def test_report_names_both_problems_and_exits_3_then_0(
     build_seed_problems(pg.admin(database))
     config = tmp_path / "config.toml"
     views = ", ".join(f'"{name}" = "{interval}"' for name, interval in MATVIEW_INTERVAL.items())
-    config.write_text(f"matview_refresh_interval = {{ {views} }}\n")
+    # This test's database only: the shared server holds other tests' databases and problems.
+    config.write_text(
+        f'matview_refresh_interval = {{ {views} }}\ninclude_databases = ["^{database}$"]\n'
+    )
     state = tmp_path / "seen.json"
     dsn = pg.monitor(database)
 
