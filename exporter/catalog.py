@@ -7,6 +7,7 @@ Loading fails on the first problem with a one-line message naming the file and t
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from exporter.spec import (
     choose_variant,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -38,14 +41,31 @@ class Catalog:
     collectors: tuple[CollectorSpec, ...]
     sources: dict[str, str]
 
-    def selected(self, *, profile: str, disabled: Iterable[str] = ()) -> tuple[CollectorSpec, ...]:
-        """Return the enabled collectors of this profile, minus those disabled by name."""
-        skip = set(disabled)
+    def is_builtin(self, name: str) -> bool:
+        """Tell whether a collector ships with the exporter (not a user's file)."""
+        return self.sources.get(name, "").startswith("queries/")
+
+    def selected(
+        self,
+        *,
+        profile: str,
+        disabled: Iterable[str] = (),
+        enabled: Iterable[str] = (),
+        builtin: bool = True,
+    ) -> tuple[CollectorSpec, ...]:
+        """Return the collectors to run.
+
+        Those of this profile that are enabled, plus those enabled by name, minus those
+        disabled by name; without `builtin`, only the user's own.
+        """
+        skip, force = set(disabled), set(enabled)
         rank = PROFILE_RANK[profile]
         return tuple(
             spec
             for spec in self.collectors
-            if spec.enabled and spec.name not in skip and PROFILE_RANK[spec.profile] <= rank
+            if spec.name not in skip
+            and (builtin or not self.is_builtin(spec.name))
+            and (spec.name in force or (spec.enabled and PROFILE_RANK[spec.profile] <= rank))
         )
 
 
@@ -98,8 +118,10 @@ def load_catalog(
     for directory in extra_dirs:
         files.extend(directory_files(directory))
     loaded = [(path, load_collector_file(path, text)) for path, text in files]
+    imported: list[tuple[str, CollectorSpec]] = []
     for query_file in query_files:
-        loaded.extend((str(query_file), spec) for spec in load_queries_yaml(query_file))
+        imported.extend((str(query_file), spec) for spec in load_queries_yaml(query_file))
+    loaded = _step_aside(loaded, imported, set(disabled)) + imported
     collectors: list[CollectorSpec] = []
     sources: dict[str, str] = {}
     metric_owner: dict[str, str] = {}
@@ -118,8 +140,55 @@ def load_catalog(
                 )
             metric_owner[family] = spec.name
         sources[spec.name] = path
-        collectors.append(spec)
+        if spec.columns:  # a collector whose every metric stepped aside only keeps its name
+            collectors.append(spec)
     return Catalog(collectors=tuple(collectors), sources=sources)
+
+
+def _step_aside(
+    loaded: list[tuple[str, CollectorSpec]],
+    imported: list[tuple[str, CollectorSpec]],
+    disabled: set[str],
+) -> list[tuple[str, CollectorSpec]]:
+    """Give way to a user's queries.yaml: built-in metrics with the same names are dropped.
+
+    A postgres_exporter query file runs as its user wrote it; where it names a metric a
+    built-in collector also emits (`pg_stat_statements_calls`), the built-in column becomes
+    `discard`, and a collector left without metrics is dropped. One log line names them.
+    """
+    wanted = {
+        metric.removesuffix("_total"): path
+        for path, spec in imported
+        for metric in spec.series_names()
+    }
+    if not wanted:
+        return loaded
+    kept: list[tuple[str, CollectorSpec]] = []
+    aside: list[str] = []
+    for path, spec in loaded:
+        if not path.startswith("queries/") or spec.name in disabled:
+            kept.append((path, spec))
+            continue
+        columns = dict(spec.columns)
+        for column, column_spec in spec.columns.items():
+            if column_spec.usage not in METRIC_USAGES:
+                continue
+            name = spec.metric_name(column)
+            if name.removesuffix("_total") in wanted or any(
+                name + part in wanted for part in ("_bucket", "_sum", "_count")
+            ):
+                columns[column] = column_spec.model_copy(update={"usage": "discard"})
+                aside.append(f"{name} ({spec.name})")
+        if columns == spec.columns:
+            kept.append((path, spec))
+        elif any(column.usage in METRIC_USAGES for column in columns.values()):
+            kept.append((path, spec.model_copy(update={"columns": columns})))
+        else:
+            kept.append((path, spec.model_copy(update={"columns": {}})))
+    if aside:
+        files = ", ".join(sorted(set(wanted.values())))
+        log.warning("built-in metrics stepped aside for those of %s: %s", files, ", ".join(aside))
+    return kept
 
 
 __all__ = [

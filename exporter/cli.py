@@ -1,33 +1,55 @@
-"""The command line: serve (default), check-config, demo and report."""
+"""The command line: serve (default), check-config, demo and report.
+
+Flags are postgres_exporter's where it has one for the same thing, so a deployment's
+arguments keep working: `--web.listen-address`, `--web.config.file`, `--web.telemetry-path`,
+`--extend.query-path`, `--log.level`, `--log.format`, `--[no-]collector.NAME`,
+`--disable-default-metrics`, `--exclude-databases`, `--include-databases`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from exporter import __version__
 from exporter.budget import check_thresholds
 from exporter.catalog import Catalog, load_catalog
-from exporter.errors import ExporterError
+from exporter.compat import POSTGRES_EXPORTER_COLLECTORS
+from exporter.errors import ConfigError, ExporterError
 from exporter.fleet import Fleet, build_fleet
-from exporter.settings import Settings, listen_host_port, load_settings
+from exporter.logs import configure_logging
+from exporter.settings import LOG_LEVELS, Settings, listen_host_port, load_settings
 from exporter.webconfig import WebConfig, load_web_config, ssl_context
 
 log = logging.getLogger("exporter")
 
 EXIT_CONFIG = 2
+_COLLECTOR_FLAG = re.compile(r"--(no-)?collector\.([A-Za-z0-9_]+)(?:=(\S*))?")
+_BOOLEAN_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line and exit status 2, as for every other input."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the problem and exit with status 2."""
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pg-health-exporter",
         description="Prometheus exporter for PostgreSQL health.",
+        epilog="Also --collector.NAME and --no-collector.NAME to run or leave out a collector"
+        " by name (ours, or postgres_exporter's equivalent).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, help="TOML settings file")
@@ -43,10 +65,52 @@ def _parser() -> argparse.ArgumentParser:
         help="TLS and basic auth settings (exporter-toolkit's web config format)",
     )
     parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        help="path of the metrics page (default /metrics)",
+    )
+    parser.add_argument(
         "--extend.query-path",
         dest="extend_query_path",
         type=Path,
         help="a postgres_exporter queries.yaml to run as well, unchanged",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        type=str.lower,
+        choices=sorted(LOG_LEVELS),
+        help="debug, info, warn or error (default info)",
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=["text", "logfmt", "json"],
+        help="text (default), logfmt or json",
+    )
+    parser.add_argument(
+        "--disable-default-metrics",
+        dest="disable_default_metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run only your own collectors (collector_dirs, --extend.query-path)",
+    )
+    parser.add_argument(
+        "--auto-discover-databases",
+        dest="auto_discover_databases",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accepted for postgres_exporter's deployments: databases are always discovered",
+    )
+    parser.add_argument(
+        "--exclude-databases",
+        dest="exclude_databases",
+        help="comma-separated databases (regular expressions) to leave out",
+    )
+    parser.add_argument(
+        "--include-databases",
+        dest="include_databases",
+        help="comma-separated databases (regular expressions) to scrape, and no others",
     )
     parser.add_argument(
         "command",
@@ -78,6 +142,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @dataclass(frozen=True)
+class CollectorFlags:
+    """--collector.NAME and --no-collector.NAME, as given (names not yet checked)."""
+
+    enabled: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CollectorFlags]:
+    """Parse the command line; exit 2 with one line on a mistake."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    enabled: list[str] = []
+    disabled: list[str] = []
+    for arg in rest:
+        match = _COLLECTOR_FLAG.fullmatch(arg)
+        if match is None:
+            parser.error(f"unrecognized argument {arg[:60]!r}")
+        negated, name, value = match.groups()
+        on = not negated
+        if value is not None:
+            if value.lower() not in _BOOLEAN_VALUES:
+                parser.error(f"{arg.split('=')[0]}: expected true or false")
+            on = on == _BOOLEAN_VALUES[value.lower()]
+        (enabled if on else disabled).append(name)
+    return args, CollectorFlags(tuple(enabled), tuple(disabled))
+
+
+@dataclass(frozen=True)
 class Loaded:
     """Everything checked before serving."""
 
@@ -87,17 +179,37 @@ class Loaded:
     web_config: WebConfig | None
 
 
+def _our_names(names: Sequence[str]) -> list[str]:
+    """Map collector names, ours or postgres_exporter's, to ours."""
+    ours: list[str] = []
+    for name in names:
+        if name in POSTGRES_EXPORTER_COLLECTORS:
+            ours.extend(POSTGRES_EXPORTER_COLLECTORS[name])
+            if not POSTGRES_EXPORTER_COLLECTORS[name]:
+                log.info("postgres_exporter's collector %s has no equivalent here: ignored", name)
+        else:
+            ours.append(name)
+    return ours
+
+
 def load(
     config: Path | None,
-    listen_address: str | None,
+    listen_address: str | None = None,
     web_config_file: Path | None = None,
     extend_query_path: Path | None = None,
     *,
     dsn: str | None = None,
+    collectors: CollectorFlags = CollectorFlags(),
+    **flags: Any,
 ) -> Loaded:
-    """Load and check everything; raise ExporterError with one line if anything is wrong."""
-    overrides: dict[str, Any] = {}
-    if listen_address:
+    """Load and check everything; raise ExporterError with one line if anything is wrong.
+
+    `flags` are settings given on the command line (None: not given); they win over the
+    environment and the settings file. Logging is set up as soon as the settings are read,
+    so what loading the collectors has to say comes out in the chosen format.
+    """
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if listen_address is not None:
         overrides["listen_address"] = listen_address
     if web_config_file:
         overrides["web_config_file"] = web_config_file
@@ -106,15 +218,33 @@ def load(
     if dsn is not None:
         overrides["data_source_name"] = dsn
     settings = load_settings(config, **overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    on, off = _our_names(collectors.enabled), _our_names(collectors.disabled)
+    if on or off:
+        settings = settings.model_copy(
+            update={
+                "enabled_collectors": [*settings.enabled_collectors, *on],
+                "disabled_collectors": [*settings.disabled_collectors, *off],
+            }
+        )
     catalog = load_catalog(
         settings.collector_dirs,
         query_files=settings.extend_query_path,
         disabled=settings.disabled_collectors,
     )
     check_thresholds(catalog.collectors)
-    unknown = sorted(set(settings.disabled_collectors) - set(catalog.sources))
-    if unknown:
-        raise ExporterError(f"disabled_collectors: no collector named {unknown[0]!r}")
+    for setting, flag in (
+        ("disabled_collectors", "no-collector"),
+        ("enabled_collectors", "collector"),
+    ):
+        unknown = sorted(set(getattr(settings, setting)) - set(catalog.sources))
+        if unknown:
+            where = (
+                f"--{flag}.{unknown[0]}"
+                if unknown[0] in (on if flag == "collector" else off)
+                else setting
+            )
+            raise ConfigError(f"{where}: no collector named {unknown[0]!r} (see docs/metrics.md)")
     web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
     return Loaded(settings, catalog, build_fleet(settings, catalog), web_config)
 
@@ -132,18 +262,35 @@ def serve(loaded: Loaded) -> None:
         log.info(
             "target %s (%s): %d collectors", target.name, target.public_dsn, len(target.collectors)
         )
+    if loaded.fleet.default is not None and loaded.fleet.named and settings.data_source_name:
+        extra = len(settings.data_sources()) - 1
+        if extra:
+            log.info(
+                "DATA_SOURCE_NAME holds %d DSNs: %s serves the first, /probe?target=NAME the"
+                " other %d (named above)",
+                extra + 1,
+                settings.telemetry_path,
+                extra,
+            )
     app = build_app(settings, loaded.fleet, web_config)
     database_connections = sum(target.connection_bound() for target in loaded.fleet.all())
     limits = connection_limits(settings, database_connections)
-    asyncio.run(serve_forever(app, host=host, port=port, ssl_context=context, limits=limits))
+    asyncio.run(
+        serve_forever(
+            app,
+            host=host,
+            port=port,
+            ssl_context=context,
+            limits=limits,
+            metrics_path=settings.telemetry_path,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    args, collector_flags = parse_args(argv)
+    configure_logging(LOG_LEVELS.get(args.log_level or "info", "INFO"), args.log_format or "text")
     try:
         if args.command == "demo":
             from exporter.demo import run_demo
@@ -157,36 +304,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.web_config_file,
             args.extend_query_path,
             dsn=args.dsn,
+            collectors=collector_flags,
+            telemetry_path=args.telemetry_path,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            disable_default_metrics=args.disable_default_metrics,
+            auto_discover_databases=args.auto_discover_databases,
+            exclude_databases=args.exclude_databases,
+            include_databases=args.include_databases,
         )
-    except ExporterError as exc:
-        print(f"pg-health-exporter: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    settings = loaded.settings
-    logging.getLogger().setLevel(settings.log_level)
-    if args.command == "report":
-        from exporter.report import run_report
+        settings = loaded.settings
+        if args.command == "report":
+            from exporter.report import run_report
 
-        # The report is the output; the log only for what stops it.
-        logging.getLogger().setLevel(logging.ERROR)
-        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-        text, status = run_report(
-            settings,
-            loaded.catalog,
-            output_format=args.output_format,
-            state_file=args.state_file,
-        )
-        sys.stdout.write(text)
-        return status
-    if args.command == "check-config":
-        selected = loaded.catalog.selected(
-            profile=settings.profile, disabled=settings.disabled_collectors
-        )
-        print(
-            f"ok: {len(loaded.catalog.collectors)} collectors loaded, {len(selected)} selected,"
-            f" {len(loaded.fleet.all())} target(s)"
-        )
-        return 0
-    try:
+            # The report is the output; the log only for what stops it.
+            logging.getLogger().setLevel(logging.ERROR)
+            logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+            text, status = run_report(
+                settings,
+                loaded.catalog,
+                output_format=args.output_format,
+                state_file=args.state_file,
+            )
+            sys.stdout.write(text)
+            return status
+        if args.command == "check-config":
+            selected = loaded.catalog.selected(
+                profile=settings.profile,
+                disabled=settings.disabled_collectors,
+                enabled=settings.enabled_collectors,
+                builtin=not settings.disable_default_metrics,
+            )
+            print(
+                f"ok: {len(loaded.catalog.collectors)} collectors loaded, {len(selected)}"
+                f" selected, {len(loaded.fleet.all())} target(s)"
+            )
+            return 0
         serve(loaded)
     except ExporterError as exc:
         print(f"pg-health-exporter: {exc}", file=sys.stderr)

@@ -122,3 +122,35 @@ def load_queries_yaml(path: Path) -> list[CollectorSpec]:
     if not isinstance(document, dict):
         raise CatalogError(f"{path}: expected a mapping of query names")
     return [_collector(path, str(name), entry) for name, entry in document.items()]
+
+
+# postgres_exporter's collectors (--[no-]collector.NAME) and ours that answer the same
+# questions; an empty tuple: nothing here answers it, the flag is accepted and ignored.
+POSTGRES_EXPORTER_COLLECTORS: dict[str, tuple[str, ...]] = {
+    "buffercache_summary": (),
+    "database": ("database_size",),
+    "database_wraparound": ("wraparound",),
+    "locks": ("locks",),
+    "long_running_transactions": ("long_running", "long_running_top"),
+    "postmaster": ("server_status",),
+    "process_idle": (),
+    "replication": ("standby_lag",),
+    "replication_slots": ("replication_slots",),
+    "roles": ("connection_limits",),
+    "settings": ("settings",),
+    "stat_activity": ("connections",),
+    "stat_activity_autovacuum": (),
+    "stat_archiver": ("archiver",),
+    "stat_bgwriter": ("bgwriter",),
+    "stat_checkpointer": ("checkpointer",),
+    "stat_database": ("database_stats",),
+    "stat_progress_vacuum": ("vacuum_progress",),
+    "stat_replication": ("replication_senders",),
+    "stat_statements": ("statements",),
+    "stat_user_tables": ("table_stats",),
+    "stat_wal_receiver": ("wal_receiver",),
+    "statio_user_indexes": ("index_stats",),
+    "statio_user_tables": ("table_io",),
+    "wal": ("wal",),
+    "xlog_location": ("wal_position",),
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import psycopg
 from psycopg import pq
@@ -10,7 +11,42 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.errors import ConfigError
 
-_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_SECRET_KEYS = frozenset(
+    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
+)
+_URI_START = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+_KEYWORD_START = re.compile(r"\s*([a-z_]+)\s*=")
+
+
+def _keywords() -> frozenset[str]:
+    return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
+
+
+def split_dsns(text: str) -> list[str]:
+    """Split postgres_exporter's comma-separated list of DSNs, keeping libpq's own commas.
+
+    A comma starts a new DSN only where what follows begins like one (a URI, or a libpq
+    keyword and '='): multi-host URIs and `host=a,b` stay whole.
+
+    >>> split_dsns("postgresql://a:1@h1/db,postgresql://b:2@h2/db")
+    ['postgresql://a:1@h1/db', 'postgresql://b:2@h2/db']
+    >>> split_dsns("port=5432,port=6432")
+    ['port=5432', 'port=6432']
+    >>> split_dsns("postgresql://u@h1:5432,h2:5433/db")
+    ['postgresql://u@h1:5432,h2:5433/db']
+    >>> split_dsns("host=a,b port=5432,5433 user=u")
+    ['host=a,b port=5432,5433 user=u']
+    """
+    keywords = _keywords()
+    dsns: list[str] = []
+    for piece in text.split(","):
+        keyword = _KEYWORD_START.match(piece)
+        starts = _URI_START.match(piece) or (keyword and keyword.group(1) in keywords)
+        if dsns and not starts:
+            dsns[-1] += "," + piece
+        else:
+            dsns.append(piece)
+    return [dsn.strip() for dsn in dsns if dsn.strip()]
 
 
 def parse_dsn(dsn: str, *, source: str = "DATA_SOURCE_NAME") -> dict[str, str]:
@@ -86,11 +122,30 @@ def option_problem(options: dict[str, str]) -> str | None:
     return message.strip().splitlines()[0]
 
 
+def _holds_secret(value: str) -> bool:
+    """Tell whether a keyword's value is itself a connection string with a secret in it.
+
+    libpq lets `dbname` be a whole connection string; a mistyped list of DSNs lands there.
+    """
+    if not (_URI_START.match(value) or "=" in value or "@" in value):
+        return False
+    try:
+        inner = conninfo_to_dict(value)
+    except psycopg.ProgrammingError:
+        # Unparseable: keep it only if nothing in it can be a password.
+        return "@" in value or "password" in value.lower() or "secret" in value.lower()
+    return any(inner.get(key) for key in _SECRET_KEYS) or any(
+        _holds_secret(str(inner_value)) for inner_value in inner.values() if inner_value
+    )
+
+
 def redact_dsn(dsn: str) -> str:
     """Return the DSN without any password, for logs, labels and pages.
 
     >>> redact_dsn("postgresql://app:s3cret@db:5432/helpdesk")
     'user=app dbname=helpdesk host=db port=5432'
+    >>> redact_dsn("dbname='postgresql://u:pw@h/db' host=x")
+    'dbname=<redacted> host=x'
     >>> redact_dsn("not a dsn =")
     '<invalid dsn>'
     """
@@ -98,7 +153,14 @@ def redact_dsn(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<invalid dsn>"
-    return make_conninfo("", **{k: v for k, v in params.items() if k not in _SECRET_KEYS})
+    return make_conninfo(
+        "",
+        **{
+            key: "<redacted>" if value is not None and _holds_secret(str(value)) else value
+            for key, value in params.items()
+            if key not in _SECRET_KEYS
+        },
+    )
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -122,9 +184,32 @@ def describe_error(exc: BaseException, secrets: list[str]) -> str:
 
 
 def secrets_of(dsn: str) -> list[str]:
-    """Return the secret values inside a DSN, to scrub them from messages."""
+    """Return the secret values inside a DSN (and inside values that are DSNs), to scrub."""
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return []
-    return [str(params[key]) for key in _SECRET_KEYS if params.get(key)]
+    found = [str(params[key]) for key in _SECRET_KEYS if params.get(key)]
+    for key, value in params.items():
+        if key not in _SECRET_KEYS and value and _holds_secret(str(value)):
+            found += [str(value), *secrets_of(str(value))]
+    # Longest first, so a secret that contains another is replaced whole.
+    return sorted(set(found), key=len, reverse=True)
+
+
+def target_name_for(dsn: str) -> str:
+    """Return a /probe name for a DSN from its host and port, never from its secrets.
+
+    >>> target_name_for("postgresql://u:pw@db2.example.com:6432/app")
+    'db2.example.com-6432'
+    >>> target_name_for("host=/var/run/postgresql")
+    'var_run_postgresql-5432'
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "dsn"
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{host}-{port}").strip("_.-")
+    return name[:63] or "dsn"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter.catalog import Catalog
+from exporter.dsn import target_name_for
 from exporter.settings import Settings
 from exporter.target import Target
 
@@ -21,18 +22,37 @@ class Fleet:
         return ([self.default] if self.default else []) + list(self.named.values())
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, number = name, 2
+    while candidate in taken:
+        suffix = f"-{number}"
+        candidate, number = name[: 63 - len(suffix)] + suffix, number + 1
+    return candidate
+
+
 def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
     """Create the targets; raise ConfigError if a named target's DSN cannot be resolved.
 
     /metrics serves the DSN's server; when only named targets are configured and no DSN is
     set, /metrics carries the exporter's own metrics and the fleet is scraped via /probe.
+    Several DSNs (postgres_exporter's comma-separated DATA_SOURCE_NAME): /metrics serves the
+    first, and every one after it is a named target of its own, called by its host and port.
     """
-    collectors = catalog.selected(profile=settings.profile, disabled=settings.disabled_collectors)
+    collectors = catalog.selected(
+        profile=settings.profile,
+        disabled=settings.disabled_collectors,
+        enabled=settings.enabled_collectors,
+        builtin=not settings.disable_default_metrics,
+    )
     named = {
         name: Target(name, target.resolve_dsn(name), settings, collectors, kind=target.type)
         for name, target in settings.targets.items()
     }
+    dsns = settings.data_sources()
+    for dsn in dsns[1:]:
+        name = _unique(target_name_for(dsn), set(named) | {"default"})
+        named[name] = Target(name, dsn, settings, collectors)
     default = None
-    if settings.data_source_name is not None or not named:
-        default = Target("default", settings.dsn, settings, collectors)
+    if dsns or not named:
+        default = Target("default", dsns[0] if dsns else "", settings, collectors)
     return Fleet(default=default, named=named)

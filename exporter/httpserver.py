@@ -355,6 +355,7 @@ async def serve_forever(
     port: int,
     ssl_context: ssl.SSLContext | None,
     limits: ConnectionLimits,
+    metrics_path: str = "/metrics",
 ) -> None:
     """Serve the application until SIGTERM or SIGINT; raise ExporterError if it cannot listen."""
     loop = asyncio.get_running_loop()
@@ -382,7 +383,7 @@ async def serve_forever(
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise ExporterError(f"cannot listen on {host}:{port}: {reason}") from None
         scheme = "https" if ssl_context else "http"
-        log.info("serving on %s://%s:%d/metrics", scheme, host, port)
+        log.info("serving on %s://%s:%d%s", scheme, host, port, metrics_path)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         gate.start()

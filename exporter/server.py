@@ -231,7 +231,7 @@ def build_app(
 
     app.cleanup_ctx.append(targets_lifecycle)
     app.router.add_get("/", landing)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get(settings.telemetry_path, metrics)
     app.router.add_get("/probe", probe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -25,10 +25,11 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
-from exporter.dsn import parse_dsn
+from exporter.dsn import parse_dsn, split_dsns
 from exporter.errors import ConfigError, ExporterError
 
 Profile = Literal["minimal", "standard", "full"]
@@ -47,6 +48,38 @@ _UNIT_SECONDS = {
 }
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 PositiveSeconds = Annotated[float, Field(gt=0)]
+# Lists from the environment: comma-separated as postgres_exporter reads them, or JSON.
+CommaList = Annotated[list[str], NoDecode]
+CommaPaths = Annotated[list[Path], NoDecode]
+# Mappings from the environment: "key=value,key=value" (postgres_exporter's constant labels'
+# form), or a JSON object.
+CommaDict = Annotated[dict[str, str], NoDecode]
+LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING"}
+LOG_LEVELS["error"] = "ERROR"
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_GO_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _env_alias(name: str, *postgres_exporter_names: str) -> AliasChoices:
+    """Accept a setting under its own name, PG_EXPORTER_<NAME>, and postgres_exporter's names."""
+    # Not the bare name: an unrelated LISTEN_ADDRESS in the environment must not count
+    # (populate_by_name keeps the bare name for the settings file and keyword arguments).
+    return AliasChoices(f"PG_EXPORTER_{name.upper()}", *postgres_exporter_names)
+
+
+def go_duration_seconds(value: Any) -> Any:
+    """Read a number of seconds, or a Go duration as postgres_exporter takes them ("1m30s").
+
+    >>> go_duration_seconds("1m30s"), go_duration_seconds("500ms"), go_duration_seconds("7")
+    (90.0, 0.5, '7')
+    """
+    if not isinstance(value, str) or not value.strip() or value.strip()[-1].isdigit():
+        return value
+    text = value.strip()
+    parts = _GO_DURATION.findall(text)
+    if "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"{text[:40]!r} is neither seconds nor a duration such as 1m30s")
+    return sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
 
 
 @dataclass(frozen=True)
@@ -117,24 +150,59 @@ class Settings(BaseSettings):
     )
 
     data_source_name: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices(
-            "data_source_name", "DATA_SOURCE_NAME", "PG_EXPORTER_DATA_SOURCE_NAME"
-        ),
+        default=None, validation_alias=_env_alias("data_source_name", "DATA_SOURCE_NAME")
     )
-    listen_address: str = ":9187"
-    collector_dirs: list[Path] = []
-    extend_query_path: Annotated[list[Path], NoDecode] = []
+    # postgres_exporter's other way: a URI without credentials, and the user and password
+    # apart (each also from a file). DATA_SOURCE_NAME wins when both are set, as there.
+    data_source_uri: str | None = Field(
+        default=None, validation_alias=_env_alias("data_source_uri", "DATA_SOURCE_URI")
+    )
+    data_source_uri_file: Path | None = Field(
+        default=None, validation_alias=_env_alias("data_source_uri_file", "DATA_SOURCE_URI_FILE")
+    )
+    data_source_user: str | None = Field(
+        default=None, validation_alias=_env_alias("data_source_user", "DATA_SOURCE_USER")
+    )
+    data_source_user_file: Path | None = Field(
+        default=None,
+        validation_alias=_env_alias("data_source_user_file", "DATA_SOURCE_USER_FILE"),
+    )
+    data_source_pass: SecretStr | None = Field(
+        default=None, validation_alias=_env_alias("data_source_pass", "DATA_SOURCE_PASS")
+    )
+    data_source_pass_file: Path | None = Field(
+        default=None,
+        validation_alias=_env_alias("data_source_pass_file", "DATA_SOURCE_PASS_FILE"),
+    )
+    listen_address: str = Field(
+        default=":9187",
+        validation_alias=_env_alias("listen_address", "PG_EXPORTER_WEB_LISTEN_ADDRESS"),
+    )
+    telemetry_path: str = Field(
+        default="/metrics",
+        validation_alias=_env_alias("telemetry_path", "PG_EXPORTER_WEB_TELEMETRY_PATH"),
+    )
+    collector_dirs: CommaPaths = []
+    extend_query_path: CommaPaths = []
     profile: Profile = "standard"
-    disabled_collectors: list[str] = []
-    include_databases: list[str] = []
-    exclude_databases: list[str] = []
+    # postgres_exporter's --disable-default-metrics: only the user's own collectors run.
+    disable_default_metrics: bool = False
+    # Accepted for postgres_exporter's deployments; every database is always discovered here.
+    auto_discover_databases: bool = True
+    disabled_collectors: CommaList = []
+    # Collectors to run although their profile is above the chosen one, or off by default.
+    enabled_collectors: CommaList = []
+    include_databases: CommaList = []
+    exclude_databases: CommaList = []
     max_databases: int = Field(default=100, ge=1)
     pool_size: int = Field(default=2, ge=1, le=20)
     connect_timeout_seconds: PositiveSeconds = 5.0
     statement_timeout_seconds: PositiveSeconds = 10.0
     lock_timeout_seconds: PositiveSeconds = 1.0
-    scrape_timeout_seconds: PositiveSeconds = 10.0
+    scrape_timeout_seconds: PositiveSeconds = Field(
+        default=10.0,
+        validation_alias=_env_alias("scrape_timeout_seconds", "PG_EXPORTER_COLLECTION_TIMEOUT"),
+    )
     scrape_timeout_margin_seconds: float = Field(default=0.5, ge=0)
     long_query_threshold_seconds: float = Field(default=30.0, ge=0)
     top_n: int = Field(default=20, ge=1, le=1000)
@@ -143,24 +211,28 @@ class Settings(BaseSettings):
     #: Retention window per partitioned table: pattern -> interval, first match wins. A pattern
     #: with a dot matches "schema.table", without one the table name in any schema; * and ?
     #: are wildcards. Tables no pattern matches get partition_retention_default.
-    partition_retention: dict[str, str] = {}
+    partition_retention: CommaDict = {}
     partition_retention_default: str = "12 months"
     #: How often each materialized view is expected to be refreshed: pattern -> interval, as
     #: above. The freshness alert fires after two intervals without an observed refresh.
-    matview_refresh_interval: dict[str, str] = {}
+    matview_refresh_interval: CommaDict = {}
     matview_refresh_interval_default: str = "15 minutes"
     #: Where the health page's runbook links point: the exporter's own copy by default.
     runbook_url: str = "/runbook"
     object_budget: int = Field(default=250, ge=1)
     object_top_n: int = Field(default=20, ge=1, le=1000)
     object_hold_seconds: float = Field(default=900.0, ge=0)
-    include_schemas: list[str] = []
-    exclude_schemas: list[str] = []
-    include_tables: list[str] = []
-    exclude_tables: list[str] = []
+    include_schemas: CommaList = []
+    exclude_schemas: CommaList = []
+    include_tables: CommaList = []
+    exclude_tables: CommaList = []
     application_name: str = "pg-health-exporter"
     gzip_level: int = Field(default=1, ge=1, le=9)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "text" is this exporter's own line; logfmt and json as postgres_exporter writes them.
+    log_format: Literal["text", "logfmt", "json"] = "text"
+    # postgres_exporter's PG_EXPORTER_METRIC_PREFIX: only its default can be honoured here.
+    metric_prefix: Literal["pg"] = "pg"
     targets: dict[str, TargetSettings] = {}
     web_config_file: Path | None = None
     http_max_connections: int = Field(default=512, ge=1)
@@ -175,13 +247,66 @@ class Settings(BaseSettings):
                 raise ValueError(f"target name {name!r} must match {TARGET_NAME.pattern}")
         return targets
 
-    @field_validator("extend_query_path", mode="before")
+    @field_validator(
+        "collector_dirs",
+        "extend_query_path",
+        "disabled_collectors",
+        "enabled_collectors",
+        "include_databases",
+        "exclude_databases",
+        "include_schemas",
+        "exclude_schemas",
+        "include_tables",
+        "exclude_tables",
+        mode="before",
+    )
     @classmethod
-    def _one_or_many_paths(cls, value: Any) -> Any:
-        # postgres_exporter's PG_EXPORTER_EXTEND_QUERY_PATH is one path; a JSON list works too.
-        if isinstance(value, str):
-            return json.loads(value) if value.startswith("[") else [value] if value else []
-        return value
+    def _comma_separated(cls, value: Any) -> Any:
+        # From the environment: "a,b" as postgres_exporter reads it, or a JSON list
+        # (for a regular expression with a comma in it).
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list ({exc.msg})") from None
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    @field_validator("partition_retention", "matview_refresh_interval", mode="before")
+    @classmethod
+    def _comma_separated_pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("{"):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON object ({exc.msg})") from None
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        if any(not sep or not key.strip() for key, sep, _ in pairs):
+            raise ValueError("expected key=value pairs separated by commas, or a JSON object")
+        return {key.strip(): item.strip() for key, _, item in pairs}
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_any_case(cls, value: Any) -> Any:
+        return LOG_LEVELS.get(value.lower(), value) if isinstance(value, str) else value
+
+    @field_validator("scrape_timeout_seconds", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return go_duration_seconds(value)
+
+    @field_validator("telemetry_path")
+    @classmethod
+    def _telemetry_path(cls, path: str) -> str:
+        if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", path) or path in RESERVED_PATHS:
+            raise ValueError(
+                f"{path[:40]!r} must be a path starting with '/' other than"
+                f" {', '.join(sorted(RESERVED_PATHS))}"
+            )
+        return path
 
     @field_validator("partition_retention_default", "matview_refresh_interval_default")
     @classmethod
@@ -223,11 +348,27 @@ class Settings(BaseSettings):
     @classmethod
     def _dsn_parses(cls, dsn: SecretStr | None) -> SecretStr | None:
         if dsn is not None:
+            dsns = split_dsns(dsn.get_secret_value())
+            if not dsns:
+                raise ValueError("empty: give a DSN, or leave it unset for libpq's defaults")
+            for number, one in enumerate(dsns, 1):
+                try:
+                    parse_dsn(one, source=f"DSN {number} of {len(dsns)}")
+                except ConfigError as exc:
+                    # One DSN: the problem alone, as before there could be several.
+                    problem = str(exc) if len(dsns) > 1 else str(exc).split(": ", 1)[1]
+                    raise ValueError(problem) from None
+        return dsn
+
+    @field_validator("data_source_uri")
+    @classmethod
+    def _uri_parses(cls, uri: str | None) -> str | None:
+        if uri:
             try:
-                parse_dsn(dsn.get_secret_value())
+                parse_dsn(_uri_dsn(uri), source="DATA_SOURCE_URI")
             except ConfigError as exc:
                 raise ValueError(str(exc).split(": ", 1)[1]) from None
-        return dsn
+        return uri
 
     @field_validator("listen_address")
     @classmethod
@@ -237,8 +378,33 @@ class Settings(BaseSettings):
 
     @property
     def dsn(self) -> str:
-        """Return the DSN, or libpq's defaults (PGHOST, PGUSER, ...) when none is set."""
-        return self.data_source_name.get_secret_value() if self.data_source_name else ""
+        """Return the first DSN, or libpq's defaults (PGHOST, PGUSER, ...) when none is set."""
+        return (self.data_sources() or [""])[0]
+
+    def data_sources(self) -> list[str]:
+        """Return the DSNs to watch, as postgres_exporter finds them; [] for libpq's defaults.
+
+        DATA_SOURCE_NAME (several DSNs joined by commas) wins; else DATA_SOURCE_URI with
+        DATA_SOURCE_USER and DATA_SOURCE_PASS, each of the three also from a *_FILE, which
+        wins over the variable. Raise ConfigError if a file cannot be read.
+        """
+        if self.data_source_name is not None:
+            return split_dsns(self.data_source_name.get_secret_value())
+        uri = _read_secret_file(self.data_source_uri_file, "data_source_uri_file")
+        if uri is None:
+            uri = self.data_source_uri
+        if not uri:
+            return []
+        user = _read_secret_file(self.data_source_user_file, "data_source_user_file")
+        if user is None:
+            user = self.data_source_user
+        password = _read_secret_file(self.data_source_pass_file, "data_source_pass_file")
+        if password is None and self.data_source_pass is not None:
+            password = self.data_source_pass.get_secret_value()
+        dsn = _uri_dsn(uri)
+        parse_dsn(dsn, source="DATA_SOURCE_URI")
+        credentials = {"user": user or None, "password": password or None}
+        return [make_conninfo(dsn, **{k: v for k, v in credentials.items() if v})]
 
     @property
     def statement_text_length(self) -> int:
@@ -337,6 +503,39 @@ def interval_seconds(text: str) -> float:
     return total
 
 
+RESERVED_PATHS = frozenset({"/", "/probe", "/healthz", "/readyz", "/-/reload"})
+
+
+def _uri_dsn(uri: str) -> str:
+    """Make DATA_SOURCE_URI ('host:5432/db?sslmode=disable') a URI libpq reads.
+
+    >>> _uri_dsn("db:5432/postgres?sslmode=disable")
+    'postgresql://db:5432/postgres?sslmode=disable'
+    """
+    uri = uri.strip()
+    return uri if re.match(r"postgres(ql)?://", uri) else "postgresql://" + uri
+
+
+def _read_secret_file(path: Path | None, setting: str) -> str | None:
+    """Return a file's content without surrounding whitespace, as postgres_exporter reads it."""
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{setting}: cannot read {path}: {reason}") from None
+
+
+# A setting's error names the setting, whichever environment variable it came from.
+_FIELD_OF_ALIAS = {
+    str(alias): name
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.validation_alias, AliasChoices)
+    for alias in field.validation_alias.choices
+}
+
+
 def listen_host_port(address: str) -> tuple[str, int]:
     """Split 'HOST:PORT' (HOST may be empty for all interfaces).
 
@@ -344,11 +543,21 @@ def listen_host_port(address: str) -> tuple[str, int]:
     ('0.0.0.0', 9187)
     >>> listen_host_port("127.0.0.1:9999")
     ('127.0.0.1', 9999)
+    >>> listen_host_port("[::1]:9187")
+    ('::1', 9187)
     """
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    return (host.strip("[]") or "0.0.0.0", int(port))
+    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if (
+        not sep
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or (":" in host and not bracketed)
+        or (not bracketed and ("[" in host or "]" in host))
+        or any(c.isspace() or c in "/?#@" for c in host)
+    ):
+        raise ValueError(f"{address[:60]!r} is not HOST:PORT (an IPv6 address in brackets)")
+    return (host[1:-1] if bracketed else host or "0.0.0.0", int(port))
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -371,6 +580,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return settings_cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+    except SettingsError as exc:
+        # A value in the environment that is not the JSON a nested setting needs; the
+        # message names the field and the source, never the value.
+        raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
 
 
 def read_text_file(path: Path, error: type[ExporterError] = ConfigError) -> str:
@@ -390,7 +603,8 @@ def read_text_file(path: Path, error: type[ExporterError] = ConfigError) -> str:
 def describe_validation_error(exc: ValidationError) -> str:
     """Return the first error of a pydantic ValidationError as 'field.path: message'."""
     first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = ".".join(_FIELD_OF_ALIAS.get(str(part), str(part)) for part in first["loc"])
+    where = where or "(top level)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own words
     return f"{where}: {message}{more}"

@@ -23,9 +23,36 @@ def test_the_example_file_loads() -> None:
     assert specs["pg_stat_user_tables"].metric_name("seq_scan") == "pg_stat_user_tables_seq_scan"
 
 
-def test_clash_with_a_builtin_collector_names_the_way_out() -> None:
-    with pytest.raises(CatalogError, match="disable one in disabled_collectors"):
-        load_catalog(query_files=[QUERIES])
+def test_the_users_file_wins_over_a_builtin_collector(caplog: pytest.LogCaptureFixture) -> None:
+    """postgres_exporter's own example file names pg_stat_statements_calls, as we do."""
+    with caplog.at_level("WARNING", logger="exporter.catalog"):
+        catalog = load_catalog(query_files=[QUERIES])
+    (record,) = caplog.records
+    assert "stepped aside" in record.getMessage()
+    assert "pg_stat_statements_calls_total (statements)" in record.getMessage()
+    statements = next(spec for spec in catalog.collectors if spec.name == "statements")
+    emitted = {name.removesuffix("_total") for name in statements.series_names()}
+    imported = {
+        name
+        for spec in catalog.collectors
+        if spec.name.startswith("pe_")
+        for name in spec.series_names()
+    }
+    assert "pg_stat_statements_calls" in imported
+    assert not emitted & imported
+    assert statements.series_names()  # what does not clash is still served
+    # Disabled, it does not step aside: nothing is logged.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="exporter.catalog"):
+        load_catalog(query_files=[QUERIES], disabled=["statements"])
+    assert not caplog.records
+
+
+def test_a_clash_between_users_files_is_still_an_error(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(QUERIES.read_text())
+    with pytest.raises(CatalogError, match="already"):
+        load_catalog(query_files=[QUERIES, twice])
 
 
 @pytest.mark.parametrize(
@@ -113,3 +140,20 @@ def test_a_query_text_label_is_redacted(tmp_path: Path) -> None:
     (spec,) = load_queries_yaml(path)
     assert spec.columns["query"].redact == "sql"
     assert spec.columns["n"].redact is None
+
+
+async def test_the_example_file_runs_as_given_beside_the_builtin_collectors(pg: Server) -> None:
+    """No disabled_collectors: the file's pg_stat_statements_* win, ours step aside."""
+    with connect(pg.admin()) as conn:
+        conn.execute("SELECT 1")
+    catalog = load_catalog(query_files=[QUERIES])
+    result = await scrape_async(pg.monitor(), catalog=catalog)
+    errors = result.collector_errors()
+    if pg.version_num >= 170000:
+        assert errors.pop("pe_pg_stat_statements/", "").startswith("column ")
+    assert errors == {}
+    names = result.names()
+    assert "pg_stat_statements_calls_total" not in names  # ours stepped aside
+    if pg.version_num < 170000:
+        assert "\npg_stat_statements_calls{" in result.text  # theirs, exactly
+    assert "pg_stat_user_tables_n_dead_tup" in names and "pg_table_dead_tuples" in names
