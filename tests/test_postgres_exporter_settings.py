@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -313,15 +312,3 @@ def test_every_malformed_input_is_one_line_and_status_2(
     assert len(lines) == 1, result.stderr
     assert expected.lower() in lines[0].lower(), lines[0]
     assert "Sup3rSecret" not in result.stderr
-
-
-def test_an_address_in_use_is_one_line(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run("--web.listen-address", f"127.0.0.1:{port}",
-                     env={"DATA_SOURCE_NAME": "host=127.0.0.1 port=1"})  # fmt: skip
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2
-    assert "cannot listen on" in lines[-1] and "Traceback" not in result.stderr
