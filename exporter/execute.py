@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from exporter.errors import CollectorFailed
 from exporter.plan import PlannedQuery
 from exporter.settings import Settings
 
 EXTENSIONS_SQL = "SELECT extname FROM pg_extension"
+NO_RESULT = "query returned no result set"
+_IN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
 class PredicateFalse(CollectorFailed):
@@ -52,47 +56,72 @@ async def execute(
     """
     spec = query.spec
     if pgbouncer:
-        # The admin console knows no transactions or settings: one simple-protocol query.
+        # The admin console knows no transactions or settings, and answers its SHOW commands
+        # by the simple protocol only: one query as it is.
         async with conn.cursor() as cursor:
             await cursor.execute(query.sql)
-            return _rows(cursor.description, await cursor.fetchall())
+            if cursor.description is None:
+                raise CollectorFailed(NO_RESULT)
+            return Rows([column.name for column in cursor.description], await cursor.fetchall())
     params = settings.sql_parameters() if "%(" in query.sql else None
-    if spec.timeout is None and not spec.predicate:
-        # One round trip: the session's statement_timeout and read-only setting hold, and
-        # the scrape deadline cancels the task (psycopg then cancels the query server-side).
-        async with conn.cursor() as cursor:
-            await cursor.execute(query.sql, params)
-            return _rows(cursor.description, await cursor.fetchall())
-    async with conn.transaction(), conn.cursor() as cursor:
-        # A bound parameter keeps this one entry in pg_stat_statements, whatever the value.
-        await cursor.execute(
-            "SELECT set_config('statement_timeout', %s, true)",
-            (str(max(1, round(timeout * 1000))),),
-        )
-        if spec.predicate:
-            await cursor.execute(spec.predicate)
-            row = await cursor.fetchone()
-            if not row or not row[0]:
-                raise PredicateFalse
-        await cursor.execute(query.sql, params)
-        return _rows(cursor.description, await cursor.fetchall())
+    # Without a timeout of its own, the session's statement_timeout holds, and the scrape
+    # deadline cancels the task (psycopg then cancels the query server-side).
+    timeout_ms = (
+        max(1, round(timeout * 1000)) if spec.timeout is not None or spec.predicate else None
+    )
+    return await read_only(conn, query.sql, params, timeout_ms=timeout_ms, predicate=spec.predicate)
 
 
 async def execute_info(
     conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
 ) -> Rows:
     """Run a collector's info query for the keys it lacks; return its rows."""
-    async with conn.cursor() as cursor:
-        await cursor.execute(sql, params)
-        if cursor.description is None:
-            raise CollectorFailed("the info query returned no result set")
-        return Rows([column.name for column in cursor.description], await cursor.fetchall())
+    return await read_only(conn, sql, params, no_result="the info query returned no result set")
 
 
-def _rows(description: Sequence[psycopg.Column] | None, rows: list[tuple[Any, ...]]) -> Rows:
-    if description is None:
-        raise CollectorFailed("query returned no result set")
-    return Rows([column.name for column in description], rows)
+async def read_only(
+    conn: psycopg.AsyncConnection[Any],
+    sql: str,
+    params: Mapping[str, Any] | None,
+    *,
+    timeout_ms: int | None = None,
+    predicate: str | None = None,
+    no_result: str = NO_RESULT,
+) -> Rows:
+    """Run one statement in a read-only transaction that is then rolled back; return its rows.
+
+    The pipeline sends every statement by the extended protocol, which takes exactly one
+    statement (a text holding several is refused by the server before any runs), and sends
+    BEGIN, the statement and ROLLBACK in one round trip. The rollback ends whatever the
+    statement changed in the session (`SET`, `set_config(..., false)`): nothing of one
+    collector reaches the next one on the connection.
+    """
+    try:
+        async with conn.pipeline() as pipeline, conn.cursor() as cursor:
+            await cursor.execute("BEGIN READ ONLY")
+            if timeout_ms is not None:
+                # A bound parameter keeps this one entry in pg_stat_statements.
+                await cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),)
+                )
+            if predicate:
+                await cursor.execute(predicate)
+                row = await cursor.fetchone()
+                if not row or not row[0]:
+                    raise PredicateFalse
+            await cursor.execute(sql, params)
+            async with conn.cursor() as ending:
+                await ending.execute("ROLLBACK")
+            await pipeline.sync()
+            if cursor.description is None:
+                raise CollectorFailed(no_result)
+            return Rows([column.name for column in cursor.description], await cursor.fetchall())
+    finally:
+        # After an error (or a cancelled query) the transaction is still open: end it here,
+        # so that the connection goes back to its pool as it came.
+        if conn.info.transaction_status in _IN_TRANSACTION:
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
 
 
 __all__ = [
@@ -102,4 +131,5 @@ __all__ = [
     "execute",
     "execute_info",
     "installed_extensions",
+    "read_only",
 ]

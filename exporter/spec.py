@@ -29,6 +29,72 @@ METRIC_USAGES = frozenset(
 OBSERVED_USAGES = frozenset({"histogram", "gauge_histogram"})
 
 
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def statement_count(sql: str) -> int:
+    r"""Count the SQL statements in a text: what `;` separates, outside quotes and comments.
+
+    A collector runs exactly one statement; a second one is a load error, whatever it hides
+    in strings, quoted names, dollar quotes or comments.
+
+    >>> statement_count("SELECT 1 AS n;")
+    1
+    >>> statement_count("SELECT ';' AS a, $x$ ; $x$ AS b, \"c;\" -- ;\n /* ; /* ; */ */")
+    1
+    >>> statement_count("BEGIN READ WRITE; DELETE FROM t WHERE id = 2; COMMIT; SELECT 1 AS n")
+    4
+    >>> statement_count("SELECT E'\\';' ; SELECT 2")
+    2
+    """
+    count, pending, i = 0, False, 0
+    while i < len(sql):
+        char, pair = sql[i], sql[i : i + 2]
+        if pair == "--":
+            end = sql.find("\n", i)
+            i = len(sql) if end == -1 else end + 1
+            continue
+        if pair == "/*":
+            depth, i = 1, i + 2
+            while i < len(sql) and depth:
+                depth += {"/*": 1, "*/": -1}.get(sql[i : i + 2], 0)
+                i += 2 if sql[i : i + 2] in ("/*", "*/") else 1
+            continue
+        pending = pending or not (char.isspace() or char == ";")
+        if char == ";":
+            count, pending = count + (1 if pending else 0), False
+        elif char in "'\"":
+            # E'...' strings take backslash escapes; doubled quotes escape everywhere.
+            escapes = char == "'" and i > 0 and sql[i - 1] in "eE"
+            i += 1
+            while i < len(sql):
+                if escapes and sql[i] == "\\":
+                    i += 2
+                    continue
+                if sql[i] == char:
+                    if sql[i + 1 : i + 2] == char:
+                        i += 2
+                        continue
+                    break
+                i += 1
+        elif (
+            char == "$" and (tag := _DOLLAR_TAG.match(sql, i)) and not (i and sql[i - 1].isalnum())
+        ):
+            end = sql.find(tag.group(0), tag.end())
+            i = len(sql) if end == -1 else end + len(tag.group(0)) - 1
+        i += 1
+    return count + (1 if pending else 0)
+
+
+def _one_statement(sql: str | None) -> str | None:
+    if sql is not None and statement_count(sql) > 1:
+        raise ValueError(
+            f"holds {statement_count(sql)} statements; a collector runs exactly one"
+            " (no BEGIN/COMMIT, SET or a second query)"
+        )
+    return sql
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -92,6 +158,11 @@ class VariantSpec(_Strict):
     max_version: int | None = None
     sql: str = Field(min_length=1)
 
+    @field_validator("sql")
+    @classmethod
+    def _single_statement(cls, sql: str) -> str | None:
+        return _one_statement(sql)
+
     @field_validator("min_version", "max_version")
     @classmethod
     def _version_num(cls, version: int | None) -> int | None:
@@ -125,6 +196,11 @@ class InfoSpec(_Strict):
     sql: str = Field(min_length=1)
     cache_size: int = Field(default=10_000, ge=1)
     columns: dict[str, ColumnSpec] = Field(min_length=1)
+
+    @field_validator("sql")
+    @classmethod
+    def _single_statement(cls, sql: str) -> str | None:
+        return _one_statement(sql)
 
     @model_validator(mode="after")
     def _labels_only(self) -> InfoSpec:
@@ -202,6 +278,11 @@ class CollectorSpec(_Strict):
     info: InfoSpec | None = None
     objects: ObjectsSpec | None = None
     names: NamesSpec | None = None
+
+    @field_validator("predicate")
+    @classmethod
+    def _single_statement(cls, predicate: str | None) -> str | None:
+        return _one_statement(predicate)
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSpec:
