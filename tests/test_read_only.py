@@ -17,8 +17,14 @@ from exporter.errors import CatalogError
 from exporter.execute import read_only
 from exporter.spec import CollectorSpec
 from exporter.target import Target
-from tests.conftest import Server
-from tests.support import connect, gauge_collector, make_settings, scalar, user_collectors
+from tests.support import (
+    Server,
+    connect,
+    gauge_collector,
+    make_settings,
+    scalar,
+    user_collectors,
+)
 
 PROFILE = 'profile = "minimal"'
 SCRIPT = "BEGIN READ WRITE; DELETE FROM t WHERE id = 2; COMMIT; SELECT 1 AS n"
