@@ -7,6 +7,7 @@ PostgreSQL major; ``scripts/build_image.py --reuse`` builds once for a given bui
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -24,7 +25,10 @@ import pytest
 from tests.support import Server, find_tool, free_port, missing_tool
 
 ROOT = Path(__file__).parent.parent
-TAG = "localhost/pg-health-exporter:test"
+# One tag per checkout: several checkouts on one machine must not rebuild each other's image
+# between a build and its test (the revision label would then be another checkout's).
+CHECKOUT_ID = hashlib.sha256(str(ROOT.resolve()).encode()).hexdigest()[:8]
+TAG = f"localhost/pg-health-exporter:test-{CHECKOUT_ID}"
 BUILDAH = ("buildah", "--storage-driver", "vfs")
 # The exporter runs as root-less UID/GID 10001 (the Dockerfile's USER).
 IMAGE_USER = "10001:10001"
