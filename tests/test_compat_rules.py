@@ -1,0 +1,120 @@
+"""postgres_exporter's alerts and dashboards keep working: the compat recording rules.
+
+`dashboards/compat/postgres_exporter.yml` recreates postgres_exporter's names from ours. The
+postgres-mixin's alerts and dashboard are vendored unchanged under tests/data/postgres_mixin/;
+promtool runs them beside the compat rules on our metric names (dashboards/compat/tests.yml),
+and a live scrape shows every series the rules and the mixin's panels read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter import selfmetrics
+from tests.dashboards_support import metric_names
+from tests.support import CATALOG, REPOSITORY, Server, execute, needs_tool, promtool, scrape_async
+
+COMPAT = REPOSITORY / "dashboards" / "compat"
+MIXIN = REPOSITORY / "tests" / "data" / "postgres_mixin"
+# The mixin's alert that no data can fire (see the end of dashboards/compat/tests.yml).
+CANNOT_FIRE = {"PostgresTablesNotVaccumed"}
+
+
+def _rules(path: Path) -> list[dict[str, Any]]:
+    document = yaml.safe_load(path.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def _recorded() -> dict[str, str]:
+    return {rule["record"]: rule["expr"] for rule in _rules(COMPAT / "postgres_exporter.yml")}
+
+
+def _dashboard_exprs() -> list[str]:
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "expr" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads((MIXIN / "postgres-overview.json").read_text()))
+    return found
+
+
+def _mixin_names() -> set[str]:
+    exprs = [rule["expr"] for rule in _rules(MIXIN / "alerts.yaml")] + _dashboard_exprs()
+    grafana = {"$__rate_interval": "5m", "$__interval": "1m", "$interval": "1m"}
+    names: set[str] = set()
+    for expr in exprs:
+        for variable, value in grafana.items():
+            expr = expr.replace(variable, value)
+        expr = expr.replace('"$instance"', '".*"').replace('"$datname"', '".*"')
+        expr = expr.replace('=~"$', '=~"').replace("$job", ".*").replace("$instance", ".*")
+        names |= metric_names(expr)
+    return names
+
+
+def _ours() -> set[str]:
+    names = {name for spec in CATALOG.collectors for name in spec.series_names()}
+    return names | {
+        metric.name
+        for metric in vars(selfmetrics).values()
+        if isinstance(metric, selfmetrics.SelfMetric)
+    }
+
+
+@needs_tool("promtool")
+def test_the_rules_and_the_vendored_mixin_load() -> None:
+    result = promtool(
+        "check", "rules", str(COMPAT / "postgres_exporter.yml"), str(MIXIN / "alerts.yaml")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_tool("promtool")
+def test_every_mixin_alert_fires_from_our_metrics() -> None:
+    result = promtool("test", "rules", "tests.yml", cwd=COMPAT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = {test["name"] for test in yaml.safe_load((COMPAT / "tests.yml").read_text())["tests"]}
+    alerts = {rule["alert"] for rule in _rules(MIXIN / "alerts.yaml")}
+    assert len(alerts) == 15
+    assert alerts - CANNOT_FIRE <= tested, alerts - CANNOT_FIRE - tested
+
+
+def test_every_name_the_mixin_reads_is_recorded_or_ours() -> None:
+    missing = _mixin_names() - set(_recorded()) - _ours()
+    assert not missing, sorted(missing)
+
+
+def test_the_rules_read_only_metrics_we_emit() -> None:
+    for record, expr in _recorded().items():
+        unknown = metric_names(expr) - _ours()
+        assert not unknown, f"{record}: {sorted(unknown)}"
+        assert record not in _ours(), f"{record} is also a metric of ours"
+
+
+async def test_a_live_scrape_has_every_series_the_mixin_needs(pg: Server) -> None:
+    """Every name the mixin's alerts and panels read has its source series in a real scrape.
+
+    Replication-only sources (a standby's lag) and slots are left to tests with a standby.
+    """
+    standby_only = {"pg_standby_replay_lag_seconds", "pg_replication_slot_active"}
+    execute(pg.admin(), "CREATE TABLE IF NOT EXISTS compat_rules_t (id int)")
+    present = (await scrape_async(pg.monitor())).names() | {"pg_up"}
+    present |= {name.removesuffix("_total") for name in present}
+    recorded = _recorded()
+    for name in sorted(_mixin_names()):
+        sources = metric_names(recorded[name]) if name in recorded else {name}
+        sources -= standby_only
+        absent = {source for source in sources if source not in present}
+        assert not absent, f"{name}: no {sorted(absent)} in a scrape"
