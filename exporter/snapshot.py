@@ -225,7 +225,7 @@ class RowRenderer:
             fast = self._render_by_column(rows)
             if fast is not None:
                 return fast
-        return self._render_by_row(rows)
+        return self.render_by_row(rows)
 
     def label_block_of(self, row: Sequence[Any]) -> str:
         """Return the label block a row's samples carry (as render writes it)."""
@@ -294,7 +294,11 @@ class RowRenderer:
             metric.family.lines.extend(lines)
         return CollectorOutput(self.families, series)
 
-    def _render_by_row(self, rows: Iterable[Sequence[Any]]) -> CollectorOutput:
+    def render_by_row(self, rows: Iterable[Sequence[Any]]) -> CollectorOutput:
+        """Render row by row, dropping duplicate label sets and series past max_series.
+
+        The careful path `render` falls back to; tests hold the fast path to its answers.
+        """
         seen: set[tuple[Any, ...]] = set()
         label_indexes = self.label_indexes
         label_names = self.label_names

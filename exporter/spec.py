@@ -286,6 +286,12 @@ class CollectorSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSpec:
+        if self.scope == "pgbouncer":
+            # The admin console takes the simple protocol, where nothing else stands between a
+            # collector and PAUSE, KILL or SHUTDOWN.
+            for number, variant in enumerate(self.variants):
+                if not re.match(r"\s*SHOW\s+\w+\s*;?\s*$", variant.sql, re.IGNORECASE):
+                    raise ValueError(f"variant.{number}.sql: a pgbouncer collector runs one SHOW")
         usages = {column.usage for column in self.columns.values()}
         if not usages & METRIC_USAGES:
             raise ValueError("columns: declare at least one gauge, counter or histogram")

@@ -69,6 +69,16 @@ def test_a_predicate_or_info_query_with_two_statements_is_refused(
         load_catalog([tmp_path], builtin=False)
 
 
+@pytest.mark.parametrize("query", ["SHUTDOWN", "SHOW POOLS; SHUTDOWN", "KILL app"])
+def test_a_pgbouncer_collector_runs_only_show(tmp_path: Path, query: str) -> None:
+    text = gauge_collector("console", query, scope="pgbouncer", gauges=["n"])
+    (tmp_path / "console.toml").write_text(text)
+    with pytest.raises(CatalogError, match=r"console.toml: .*(SHOW|statements)"):
+        load_catalog([tmp_path], builtin=False)
+    (tmp_path / "console.toml").write_text(text.replace(query, "SHOW POOLS"))
+    assert load_catalog([tmp_path], builtin=False).collectors
+
+
 async def test_a_script_is_refused_by_the_server_before_it_runs(table: str) -> None:
     async with await psycopg.AsyncConnection.connect(table, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.SyntaxError, match="multiple commands"):

@@ -81,7 +81,7 @@ def test_fast_and_careful_paths_agree(seed: int) -> None:
     columns = ["schema", "rel", "n", "c", "ms", "skip"]
     datname = rng.choice([None, "db", 'we"ird%s'])
     fast = RowRenderer(spec(), columns, datname=datname).render(rows)
-    careful = RowRenderer(spec(), columns, datname=datname)._render_by_row(rows)
+    careful = RowRenderer(spec(), columns, datname=datname).render_by_row(rows)
     assert lines(fast) == lines(careful)
     assert (fast.series, fast.dropped_duplicates) == (careful.series, careful.dropped_duplicates)
 
