@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from exporter.catalog import Catalog
 from exporter.dsn import target_name_for
 from exporter.settings import Settings
+from exporter.spec import CollectorSpec
 from exporter.target import Target
 
 
@@ -16,6 +17,8 @@ class Fleet:
 
     default: Target | None
     named: dict[str, Target]
+    # What an ad-hoc /probe target runs.
+    collectors: tuple[CollectorSpec, ...] = ()
 
     def all(self) -> list[Target]:
         """Return every target, the default first."""
@@ -55,4 +58,4 @@ def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
     default = None
     if dsns or not named:
         default = Target("default", dsns[0] if dsns else "", settings, collectors)
-    return Fleet(default=default, named=named)
+    return Fleet(default=default, named=named, collectors=tuple(collectors))

@@ -26,6 +26,7 @@ from exporter.fleet import Fleet
 from exporter.health import evaluate
 from exporter.healthpage import CollectorState, TargetHealth, render_page
 from exporter.outcome import CollectorRun, Failed, Ok, Skipped
+from exporter.probe import ProbeRefused, ProbeTargets, probe_dsn
 from exporter.runbook import runbook_page
 from exporter.settings import Settings
 from exporter.snapshot import Snapshot
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 FLEET = web.AppKey("fleet", Fleet)
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_REGISTRY = web.AppKey("process_registry", CollectorRegistry)
+PROBES = web.AppKey("probes", ProbeTargets)
 
 
 def scrape_timeout(request: web.Request, settings: Settings) -> float:
@@ -104,15 +106,34 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def probe(request: web.Request) -> web.Response:
-    """Serve one named target: /probe?target=NAME. Only configured names, never a DSN."""
+    """Serve /probe?target=NAME, or HOST:PORT or a DSN (with auth_module=) where allowed.
+
+    A value is never echoed: it may be a DSN with a password in it.
+    """
     names = request.query.getall("target", [])
-    if len(names) != 1 or not names[0]:
-        return web.Response(status=400, text="give exactly one target=NAME\n")
+    modules = request.query.getall("auth_module", [])
+    if len(names) != 1 or not names[0] or len(modules) > 1:
+        return web.Response(status=400, text="give exactly one target (and one auth_module)\n")
     target = request.app[FLEET].named.get(names[0])
-    if target is None:
-        # Never echo the value: it may be a DSN with a password in it.
-        return web.Response(status=404, text="unknown target; see / for the configured ones\n")
-    return await _respond(request, target)
+    if target is not None:
+        return await _respond(request, target)
+    settings = request.app[SETTINGS]
+    if not settings.probe_allowed_targets:
+        return web.Response(
+            status=404,
+            text="unknown target; see / for the configured ones"
+            " (ad-hoc targets need probe_allowed_targets)\n",
+        )
+    module = None
+    if modules:
+        module = settings.auth_modules.get(modules[0])
+        if module is None:
+            return web.Response(status=400, text="unknown auth_module; see auth_modules\n")
+    try:
+        dsn = probe_dsn(names[0], module, settings.probe_allowed_targets)
+    except ProbeRefused as refused:
+        return web.Response(status=refused.status, text=refused.message)
+    return await _respond(request, await request.app[PROBES].get(dsn))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -204,6 +225,13 @@ async def runbook(request: web.Request) -> web.Response:
     return web.Response(text=runbook_page(), content_type="text/html")
 
 
+async def _close_idle_probes(probes: ProbeTargets, settings: Settings) -> None:
+    """Close ad-hoc /probe targets that nobody scraped for probe_idle_seconds."""
+    while True:
+        await asyncio.sleep(min(30.0, settings.probe_idle_seconds / 2))
+        probes.close_idle()
+
+
 def build_app(
     settings: Settings, fleet: Fleet | Target, web_config: WebConfig | None = None
 ) -> web.Application:
@@ -223,10 +251,16 @@ def build_app(
     GCCollector(registry=registry)
     app[PROCESS_REGISTRY] = registry
 
+    collectors = fleet.collectors or (fleet.default.collectors if fleet.default else ())
+    app[PROBES] = ProbeTargets(settings, collectors)
+
     async def targets_lifecycle(app: web.Application) -> AsyncIterator[None]:
         targets = app[FLEET].all()
         await asyncio.gather(*(target.open() for target in targets))
+        idle = asyncio.ensure_future(_close_idle_probes(app[PROBES], settings))
         yield
+        idle.cancel()
+        await app[PROBES].close()
         await asyncio.gather(*(target.close() for target in targets))
 
     app.cleanup_ctx.append(targets_lifecycle)

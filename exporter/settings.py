@@ -95,6 +95,29 @@ class BudgetSettings:
     exclude_tables: tuple[str, ...] = ()
 
 
+class UserPass(BaseModel):
+    """postgres_exporter's userpass credentials of an auth module."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class AuthModule(BaseModel):
+    """Credentials and options for ad-hoc /probe targets, as postgres_exporter's auth_modules.
+
+    `/probe?target=db:5432&auth_module=NAME` connects as `userpass.username`; `options` become
+    key=value parameters of the DSN (sslmode = "require", ...).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["userpass"]
+    userpass: UserPass
+    options: dict[str, str] = {}
+
+
 class TargetSettings(BaseModel):
     """One named server to watch, scraped through /probe?target=NAME."""
 
@@ -234,6 +257,16 @@ class Settings(BaseSettings):
     # postgres_exporter's PG_EXPORTER_METRIC_PREFIX: only its default can be honoured here.
     metric_prefix: Literal["pg"] = "pg"
     targets: dict[str, TargetSettings] = {}
+    # postgres_exporter's multi-target form, /probe?target=HOST:PORT|DSN&auth_module=NAME.
+    auth_modules: dict[str, AuthModule] = {}
+    # Servers /probe may reach beyond the named targets: patterns of HOST:PORT or HOST
+    # (any port), * and ? as wildcards. Empty (the default): none, /probe serves only the
+    # named targets, so the exporter cannot be used to reach servers nobody configured.
+    probe_allowed_targets: CommaList = []
+    # Ad-hoc /probe targets kept with their pools; the least recently used is closed first.
+    probe_max_targets: int = Field(default=20, ge=1, le=10_000)
+    # An ad-hoc target not probed for this long has its pools closed.
+    probe_idle_seconds: PositiveSeconds = 300.0
     web_config_file: Path | None = None
     http_max_connections: int = Field(default=512, ge=1)
     http_request_head_timeout_seconds: PositiveSeconds = 10.0
@@ -254,6 +287,7 @@ class Settings(BaseSettings):
         "enabled_collectors",
         "include_databases",
         "exclude_databases",
+        "probe_allowed_targets",
         "include_schemas",
         "exclude_schemas",
         "include_tables",
