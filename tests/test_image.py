@@ -251,3 +251,28 @@ def test_image_holds_the_catalog_dashboards_and_no_pip(container: str) -> None:
     assert "collectors loaded" in listing
     assert "alerts.yml" in listing and "overview.json" in listing
     assert "\npip\n" not in f"\n{listing}\n"
+
+
+def test_serving_writes_nothing_outside_tmp(running: Running, container: str) -> None:
+    """The Kubernetes base mounts the root filesystem read-only, with an emptyDir on /tmp."""
+    running.get("/metrics")
+    running.get("/")
+    # As root, so that find may look everywhere; -user 10001: what the exporter made.
+    written = _buildah(
+        "run",
+        "--isolation",
+        "chroot",
+        "--user",
+        "0:0",
+        container,
+        "--",
+        "find",
+        "/",
+        "-xdev",
+        "-user",
+        "10001",
+        "-not",
+        "-path",
+        "/tmp/*",
+    )
+    assert written.strip() == "", written[:2000]
