@@ -35,6 +35,8 @@ def _inline(text: str) -> str:
 
     >>> _inline("**Do.** run `VACUUM` <now> [see](#x)")
     '<strong>Do.</strong> run <code>VACUUM</code> &lt;now&gt; <a href="#x">see</a>'
+    >>> _inline("[`alerts.yml`](../dashboards/alerts.yml)")
+    '<code>alerts.yml</code>'
     """
     out: list[str] = []
     position = 0
@@ -47,6 +49,9 @@ def _inline(text: str) -> str:
             out.append(f"<strong>{_inline(bold)}</strong>")
         elif italic is not None:
             out.append(f"<em>{_inline(italic)}</em>")
+        elif href.startswith("../"):
+            # A path in the repository: it does not resolve from the exporter; keep the words.
+            out.append(_inline(label))
         else:
             out.append(f'<a href="{html.escape(href)}">{_inline(label)}</a>')
         position = match.end()
