@@ -65,6 +65,16 @@ PGBOUNCER = find_tool("pgbouncer") or "/usr/sbin/pgbouncer"
 MONITOR = "pghe_monitor"
 DATABASE = "helpdesk"
 MAX_CONNECTIONS = 100
+COMPAT_RULES = DASHBOARDS / "compat" / "postgres_exporter.yml"
+MIXIN = Path(__file__).parent / "data" / "postgres_mixin"
+# The mixin's alerts whose condition this scenario builds (their `for` is theirs, minutes
+# long: the test asks Prometheus whether each is pending or firing).
+MIXIN_CONDITIONS = {
+    "PostgreSQLDown",  # the probe target "gone"
+    "PostgreSQLHighConnections",  # max_connections filled to 95 %
+    "PostgresHasExporterErrors",  # the failing collector
+    "PostgresHasReplicationSlotUsed",  # the inactive slot
+}
 #: The statement that holds PgBouncer's only server connection for the pool of DATABASE.
 HELD_BY_PGBOUNCER = "SELECT pg_sleep(599)"
 #: Everything waits within this many seconds of the stack being up.
@@ -411,7 +421,10 @@ dsn = "{monitor} port={free_port()} connect_timeout=1"
         prometheus_yml.write_text(
             yaml.safe_dump(
                 prometheus_config(
-                    f"127.0.0.1:{exporter_port}", f"127.0.0.1:{free_port()}", fast_rules(rules)
+                    f"127.0.0.1:{exporter_port}",
+                    f"127.0.0.1:{free_port()}",
+                    # postgres_exporter's users: the compat rules and the mixin's alerts, as is.
+                    [*fast_rules(rules), COMPAT_RULES, MIXIN / "alerts.yaml"],
                 )
             )
         )
@@ -606,3 +619,50 @@ def test_statement_text_joins_the_numbers_once_per_statement(stack: Stack) -> No
     rows = wait_until("statement text to join the numbers", joined, stack.deadline())
     assert all(row["metric"]["query"] for row in rows)
     assert not stack.query('pg_stat_statements_calls_total{query!=""}')
+
+
+def test_the_postgres_mixin_dashboard_has_data(stack: Stack) -> None:
+    """postgres_exporter's own dashboard, vendored unchanged, through the compat rules."""
+    dashboard = json.loads((MIXIN / "postgres-overview.json").read_text())
+    exprs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "expr" and isinstance(value, str):
+                    exprs.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(dashboard)
+    values = {"$__rate_interval": "10s", '"$db"': '".+"', '"$job"': '".+"', '"$instance"': '".+"'}
+    empty = set()
+    for expr in exprs:
+        for variable, value in values.items():
+            expr = expr.replace(variable, value)
+        empty.add(expr)
+    assert len(empty) >= 14
+    while empty and time.monotonic() < stack.deadline():
+        empty = {expr for expr in empty if not stack.query(expr)}
+        if empty:
+            time.sleep(1)
+    assert not empty, "no data:\n" + "\n".join(sorted(empty))
+
+
+def test_the_postgres_mixin_alerts_see_the_scenario(stack: Stack) -> None:
+    def active() -> set[str]:
+        groups = http_json(f"{stack.prometheus_url}/api/v1/rules?type=alert")["data"]["groups"]
+        return {
+            rule["name"]
+            for group in groups
+            if group["file"].endswith("alerts.yaml")
+            for rule in group["rules"]
+            if rule["state"] in ("pending", "firing")
+        }
+
+    with contextlib.suppress(AssertionError):
+        wait_until("the mixin's alerts", lambda: active() >= MIXIN_CONDITIONS, stack.deadline())
+    assert active() >= MIXIN_CONDITIONS, (sorted(active()), stack.log_tails())
