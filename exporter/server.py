@@ -31,7 +31,7 @@ from exporter.runbook import runbook_page
 from exporter.settings import Settings
 from exporter.snapshot import Snapshot
 from exporter.target import Target
-from exporter.webconfig import BasicAuth, WebConfig
+from exporter.webconfig import BasicAuth, WebConfig, headers_hook
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,8 @@ def build_app(
     app = web.Application(middlewares=[auth.middleware] if auth is not None else [])
     if auth is not None:
         app.on_cleanup.append(auth.on_cleanup)
+    if web_config is not None and web_config.http_server_config.headers:
+        app.on_response_prepare.append(headers_hook(web_config.http_server_config.headers))
     app[SETTINGS] = settings
     app[FLEET] = fleet
     registry = CollectorRegistry(auto_describe=True)

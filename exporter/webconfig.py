@@ -6,10 +6,22 @@ tls_server_config:
   key_file: /etc/pg-health-exporter/tls.key
   client_ca_file: /etc/pg-health-exporter/ca.crt      # optional
   client_auth_type: RequireAndVerifyClientCert        # optional
-  min_version: TLS12                                  # optional
+  min_version: TLS12                                  # optional: TLS10 .. TLS13
+  max_version: TLS13                                  # optional
+  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]  # optional, Go's names (TLS <= 1.2)
+  prefer_server_cipher_suites: true                   # optional
+  curve_preferences: [CurveP384]                      # optional, one curve (Python's ssl)
+http_server_config:
+  http2: true                                         # accepted; HTTP/1.1 is served
+  headers:                                            # added to every response
+    Strict-Transport-Security: max-age=31536000
 basic_auth_users:
   prometheus: $2b$12$...        # a bcrypt hash, e.g. from: htpasswd -nBC 12 '' | tr -d ':'
 ```
+
+What Python's ssl cannot do is refused by name in one line: `RequestClientCert` and
+`RequireAnyClientCert` (a client certificate taken without verifying it) and more than one
+curve in `curve_preferences`.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from typing import Literal
 import bcrypt
 import yaml
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from exporter.errors import ConfigError
 from exporter.settings import describe_validation_error, read_text_file
@@ -38,6 +50,37 @@ from exporter.settings import describe_validation_error, read_text_file
 PUBLIC_PATHS = frozenset({"/healthz"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+TLSVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# Go's crypto/tls names (exporter-toolkit's) and OpenSSL's for the same TLS <= 1.2 suites;
+# TLS 1.3's suites are not configurable in Go either.
+GO_CIPHER_SUITES = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+GO_CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1"}
+GO_CURVES["X25519"] = "X25519"
 
 
 class TLSServerConfig(BaseModel):
@@ -55,7 +98,86 @@ class TLSServerConfig(BaseModel):
         "VerifyClientCertIfGiven",
         "RequireAndVerifyClientCert",
     ] = "NoClientCert"
-    min_version: Literal["TLS12", "TLS13"] = "TLS12"
+    min_version: TLSVersionName = "TLS12"
+    max_version: TLSVersionName = "TLS13"
+    cipher_suites: list[str] = []
+    prefer_server_cipher_suites: bool = True
+    curve_preferences: list[str] = []
+
+    @field_validator("client_auth_type")
+    @classmethod
+    def _verifiable(cls, kind: str) -> str:
+        if kind in ("RequestClientCert", "RequireAnyClientCert"):
+            raise ValueError(
+                f"{kind} takes a client certificate without verifying it, which Python's ssl"
+                " cannot do: use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+                " with client_ca_file"
+            )
+        return kind
+
+    @field_validator("cipher_suites")
+    @classmethod
+    def _known_suites(cls, suites: list[str]) -> list[str]:
+        for suite in suites:
+            if suite not in GO_CIPHER_SUITES:
+                raise ValueError(f"{suite!r} is not a cipher suite Go's TLS 1.2 knows")
+        return suites
+
+    @field_validator("curve_preferences")
+    @classmethod
+    def _one_known_curve(cls, curves: list[str]) -> list[str]:
+        for curve in curves:
+            if curve not in GO_CURVES:
+                raise ValueError(f"{curve!r} is not one of {', '.join(GO_CURVES)}")
+        if len(curves) > 1:
+            raise ValueError("Python's ssl (3.11) sets one curve: give one")
+        return curves
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TLSServerConfig:
+        if TLS_VERSIONS[self.min_version] > TLS_VERSIONS[self.max_version]:
+            raise ValueError("min_version is above max_version")
+        verifies = self.client_auth_type in (
+            "VerifyClientCertIfGiven",
+            "RequireAndVerifyClientCert",
+        )
+        if verifies and self.client_ca_file is None:
+            raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
+        return self
+
+
+# exporter-toolkit's allowed response headers (it refuses any other).
+ALLOWED_HEADERS = frozenset(
+    {
+        "Strict-Transport-Security",
+        "X-Content-Type-Options",
+        "X-Frame-Options",
+        "X-XSS-Protection",
+        "Content-Security-Policy",
+    }
+)
+
+
+class HTTPServerConfig(BaseModel):
+    """The http_server_config section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Accepted for exporter-toolkit's files; aiohttp serves HTTP/1.1 either way.
+    http2: bool = True
+    headers: dict[str, str] = {}
+
+    @field_validator("headers")
+    @classmethod
+    def _allowed_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if name not in ALLOWED_HEADERS:
+                raise ValueError(
+                    f"header {name[:40]!r} is not one of {', '.join(sorted(ALLOWED_HEADERS))}"
+                )
+            if any(c in value for c in "\r\n"):
+                raise ValueError(f"header {name}: a value is one line")
+        return headers
 
 
 class WebConfig(BaseModel):
@@ -64,6 +186,7 @@ class WebConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tls_server_config: TLSServerConfig | None = None
+    http_server_config: HTTPServerConfig = HTTPServerConfig()
     basic_auth_users: dict[str, str] = {}
 
     @field_validator("basic_auth_users")
@@ -105,21 +228,37 @@ def load_web_config(path: Path) -> WebConfig:
 def ssl_context(tls: TLSServerConfig, source: Path) -> ssl.SSLContext:
     """Build the server's TLS context; raise ConfigError if a file is missing or wrong."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLS13" else ssl.TLSVersion.TLSv1_2
-    )
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.maximum_version = TLS_VERSIONS[tls.max_version]
+    if tls.prefer_server_cipher_suites:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
+        if tls.cipher_suites:
+            context.set_ciphers(":".join(GO_CIPHER_SUITES[suite] for suite in tls.cipher_suites))
+        for curve in tls.curve_preferences:
+            context.set_ecdh_curve(GO_CURVES[curve])
         context.load_cert_chain(tls.cert_file, tls.key_file)
         if tls.client_ca_file is not None:
             context.load_verify_locations(tls.client_ca_file)
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{source}: tls_server_config: {reason}") from None
-    if tls.client_auth_type in ("RequireAnyClientCert", "RequireAndVerifyClientCert"):
+    if tls.client_auth_type == "RequireAndVerifyClientCert":
         context.verify_mode = ssl.CERT_REQUIRED
-    elif tls.client_auth_type != "NoClientCert":
+    elif tls.client_auth_type == "VerifyClientCertIfGiven":
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def headers_hook(
+    headers: dict[str, str],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Return an on_response_prepare hook adding http_server_config's headers to responses."""
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(headers)
+
+    return add_headers
 
 
 class BasicAuth:
