@@ -21,9 +21,11 @@ import heapq
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 from exporter import thresholds
@@ -111,6 +113,24 @@ class Answer:
     rows: ObjectRows
     fresh: bool  # queried on this scrape, not served from the ttl cache
 
+    @cached_property
+    def keys(self) -> list[tuple[Any, ...]]:
+        """Return the key (object name) of each row, in row order."""
+        assert self.spec.objects is not None
+        return _getter(self.rows.names, self.spec.objects.key)(self.rows.rows)
+
+
+def _getter(
+    names: Sequence[str], columns: Sequence[str]
+) -> Callable[[list[tuple[Any, ...]]], list[tuple[Any, ...]]]:
+    """Return a function taking rows to the tuples of these columns' values (at C speed)."""
+    positions = [names.index(column) for column in columns]
+    if len(positions) == 1:
+        at = positions[0]
+        return lambda rows: [(row[at],) for row in rows]
+    get = itemgetter(*positions)
+    return lambda rows: list(map(get, rows))
+
 
 ObjectKey = tuple[str, tuple[Any, ...]]  # (datname, the key columns' values)
 
@@ -189,10 +209,13 @@ class ObjectBudget:
         self.last_choices = choices
         return choices
 
+    @property
+    def _filtered(self) -> bool:
+        s = self.settings
+        return bool(s.include_schemas or s.exclude_schemas or s.include_tables or s.exclude_tables)
+
     def _excluded(self, objects: ObjectsSpec, key: tuple[Any, ...]) -> bool:
         s = self.settings
-        if not (s.include_schemas or s.exclude_schemas or s.include_tables or s.exclude_tables):
-            return False
         named = dict(zip(objects.key, key, strict=True))
         schema = named.get("schemaname")
         if isinstance(schema, str):
@@ -209,27 +232,27 @@ class ObjectBudget:
         return False
 
     def _choose_kind(self, kind: str, answers: Sequence[Answer], now: float) -> Choice:
-        every: set[ObjectKey] = set()
-        excluded: set[ObjectKey] = set()
+        # The objects of each database (without a tuple per row: tens of thousands of rows).
+        by_database: dict[str, set[tuple[Any, ...]]] = {}
         for answer in answers:
-            objects = answer.spec.objects
-            assert objects is not None
-            positions = [answer.rows.names.index(column) for column in objects.key]
-            for row in answer.rows.rows:
-                key = tuple([row[i] for i in positions])
-                every.add((answer.datname, key))
-        for datname, key in every:
-            objects = answers[0].spec.objects
-            assert objects is not None
-            if self._excluded(objects, key):
-                excluded.add((datname, key))
+            by_database.setdefault(answer.datname, set()).update(answer.keys)
+        objects_spec = answers[0].spec.objects
+        assert objects_spec is not None
+        excluded: set[ObjectKey] = {
+            (datname, key)
+            for datname, keys in by_database.items()
+            if self._filtered
+            for key in keys
+            if self._excluded(objects_spec, key)
+        }
+        count = sum(len(keys) for keys in by_database.values())
         qualified = self._qualified.setdefault(kind, {})
         budget = self.settings.budget
-        if len(every) <= budget and not excluded:
+        if count <= budget and not excluded:
             # Under the budget nothing changes; rank anyway, so the counters' previous values
             # are there when the catalog grows past it.
             self._rank(answers, excluded, now, qualified)
-            return Choice(kind, None, len(every))
+            return Choice(kind, None, count)
         thresholds, ranked = self._rank(answers, excluded, now, qualified)
         hold = self.settings.hold_seconds
         for key in [key for key, (when, _) in qualified.items() if now - when > hold]:
@@ -241,14 +264,18 @@ class ObjectBudget:
             chosen.setdefault(key, "top_n")
         # Held: qualified in the last `hold` seconds, most recent first.
         held = sorted(
-            (key for key in qualified if key not in chosen and key in every),
+            (
+                key
+                for key in qualified
+                if key not in chosen and key[1] in by_database.get(key[0], ())
+            ),
             key=lambda key: -qualified[key][0],
         )
         for key in held:
             chosen.setdefault(key, "held")
         if len(chosen) > budget:
             chosen = dict(list(chosen.items())[:budget])
-        return Choice(kind, chosen, len(every), excluded)
+        return Choice(kind, chosen, count, excluded)
 
     def _rank(
         self,
@@ -269,24 +296,18 @@ class ObjectBudget:
             spec, names, rows = answer.spec, answer.rows.names, answer.rows.rows
             objects = spec.objects
             assert objects is not None
-            positions = [names.index(column) for column in objects.key]
-            label_positions = [
-                i for i, name in enumerate(names) if spec.columns.get(name, _NONE).usage == "label"
-            ]
-
-            def key_of(
-                row: tuple[Any, ...], at: list[int] = positions, datname: str = answer.datname
-            ) -> ObjectKey:
-                return (datname, tuple([row[i] for i in at]))
+            keys = answer.keys
+            datname = answer.datname
+            labels = [name for name in names if spec.columns.get(name, _NONE).usage == "label"]
 
             for column, name in objects.select.items():
                 number, above = alert_threshold(name, spec.metric_name(column))
                 at = names.index(column)
-                for row in rows:
+                for index, row in enumerate(rows):
                     value = _number(row[at])
                     if value is None or not (value > number if above else value < number):
                         continue
-                    key = key_of(row)
+                    key = (datname, keys[index])
                     if key not in excluded:
                         past.append((abs(value - number) / (abs(number) or 1.0), key))
             measures: list[tuple[str, list[float | None]]] = []
@@ -296,8 +317,9 @@ class ObjectBudget:
                 values = self._values(rows, names, measure)
                 increases: list[float | None] = []
                 salt = hash((spec.name, measure, answer.datname))
-                for row, value in zip(rows, values, strict=True):
-                    row_key = hash((salt, *[row[i] for i in label_positions]))
+                row_labels = _getter(names, labels)(rows)
+                for row_label, value in zip(row_labels, values, strict=True):
+                    row_key = hash((salt, row_label))
                     before = previous.get(row_key)
                     if value is not None and answer.fresh:
                         previous[row_key] = value
@@ -316,7 +338,7 @@ class ObjectBudget:
                 seen: set[ObjectKey] = set()
                 # More than N rows: several rows (indexes) may name the same object.
                 for _, index in heapq.nlargest(top_n * 4, candidates):
-                    key = key_of(rows[index])
+                    key = (datname, keys[index])
                     if key in excluded or key in seen:
                         continue
                     seen.add(key)
@@ -337,7 +359,11 @@ class ObjectBudget:
         columns = [names.index(column) for column in measure.split("+")]
         if len(columns) == 1:
             at = columns[0]
-            return [_number(row[at]) for row in rows]
+            # ints (most counts) pass as they are; NaN, NULL and the rest through _number.
+            return [
+                value if type(value) is int else _number(value)
+                for value in map(itemgetter(at), rows)
+            ]
         values: list[float | None] = []
         for row in rows:
             parts = [_number(row[i]) for i in columns]
@@ -354,24 +380,19 @@ def render_chosen(answer: Answer, choice: Choice) -> tuple[CollectorOutput, list
     renderer = RowRenderer(spec, names, datname=answer.datname)
     if choice.chosen is None and not choice.excluded:
         return renderer.render(rows), []
-    positions = [names.index(column) for column in objects.key]
-    kept: list[tuple[Any, ...]] = []
-    other: dict[str, list[tuple[Any, ...]]] = {"not_ranked": [], "excluded": []}
-    other_objects: dict[str, set[tuple[Any, ...]]] = {"not_ranked": set(), "excluded": set()}
     datname = answer.datname
-    for row in rows:
-        key = tuple([row[i] for i in positions])
-        full = (datname, key)
-        if full in choice.excluded:
-            other["excluded"].append(row)
-            other_objects["excluded"].add(key)
-        elif choice.keeps(full):
-            kept.append(row)
-        else:
-            other["not_ranked"].append(row)
-            other_objects["not_ranked"].add(key)
+    keys = answer.keys
+    excluded = {key for name, key in choice.excluded if name == datname}
+    chosen = (
+        set(keys) - excluded
+        if choice.chosen is None
+        else {key for name, key in choice.chosen if name == datname}
+    )
+    kept = [row for row, key in zip(rows, keys, strict=True) if key in chosen]
+    rolled = [row for row, key in zip(rows, keys, strict=True) if key not in chosen]
+    left_out = set(keys) - chosen
+    other_objects = {"not_ranked": left_out - excluded, "excluded": left_out & excluded}
     output = renderer.render(kept) if kept else CollectorOutput(renderer.families, 0)
-    rolled = [*other["not_ranked"], *other["excluded"]]
     if rolled:
         summed = [
             i
@@ -381,8 +402,9 @@ def render_chosen(answer: Answer, choice: Choice) -> tuple[CollectorOutput, list
             and spec.columns[name].rolls_up
         ]
         totals: list[Any] = [None] * len(names)
+        columns = list(zip(*rolled, strict=True))
         for i in summed:
-            known = [row[i] for row in rolled if row[i] is not None]
+            known = [value for value in columns[i] if value is not None]
             if known:
                 totals[i] = sum(known)
         for i, name in enumerate(names):
