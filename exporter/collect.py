@@ -15,9 +15,15 @@ from typing import Any
 
 import psycopg
 
-from exporter.budget import shared_labels
 from exporter.errors import CollectorFailed
-from exporter.execute import PredicateFalse, Rows, execute, execute_info, installed_extensions
+from exporter.execute import (
+    PredicateFalse,
+    Rows,
+    execute,
+    execute_info,
+    installed_extensions,
+    shared_labels,
+)
 from exporter.info import InfoCache
 from exporter.logonce import LogOnce
 from exporter.outcome import PREDICATE_FALSE, CollectorRun, Failed, Ok, Outcome, Skipped

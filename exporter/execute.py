@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from psycopg.pq import TransactionStatus
 from exporter.errors import CollectorFailed
 from exporter.plan import PlannedQuery
 from exporter.settings import Settings
+from exporter.spec import CollectorSpec
 
 EXTENSIONS_SQL = "SELECT extname FROM pg_extension"
 NO_RESULT = "query returned no result set"
@@ -29,6 +31,27 @@ class Rows:
 
     columns: list[str]
     rows: list[tuple[Any, ...]]
+
+
+def shared_labels(
+    spec: CollectorSpec, names: Sequence[str], rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Return the rows with one copy of each label text (datname, schema, table names).
+
+    Every row of every per-object collector repeats them, and ttl collectors keep their rows
+    between scrapes: shared, the rows take about half the memory at 10,000 tables.
+    """
+    labels = [
+        i
+        for i, name in enumerate(names)
+        if getattr(spec.columns.get(name), "usage", None) == "label"
+    ]
+    if not rows or not labels:
+        return rows
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    for i in labels:
+        columns[i] = [sys.intern(v) if type(v) is str else v for v in columns[i]]
+    return list(zip(*columns, strict=True))
 
 
 async def installed_extensions(
