@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -249,8 +249,8 @@ def load(
     return Loaded(settings, catalog, build_fleet(settings, catalog), web_config)
 
 
-def serve(loaded: Loaded) -> None:
-    """Serve until interrupted."""
+def serve(loaded: Loaded, rebuild: Callable[[], Fleet] | None = None) -> None:
+    """Serve until interrupted; `rebuild` reads the configuration again (SIGHUP, /-/reload)."""
     from exporter.httpserver import connection_limits, serve_forever
     from exporter.server import build_app
 
@@ -272,7 +272,7 @@ def serve(loaded: Loaded) -> None:
                 settings.telemetry_path,
                 extra,
             )
-    app = build_app(settings, loaded.fleet, web_config)
+    app = build_app(settings, loaded.fleet, web_config, reload=rebuild)
     database_connections = sum(target.connection_bound() for target in loaded.fleet.all())
     limits = connection_limits(settings, database_connections)
     asyncio.run(
@@ -298,11 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args.listen_address or "127.0.0.1:9187")
         if args.dsn is not None and args.command != "report":
             raise ExporterError("--dsn: only for the report command")
-        loaded = load(
-            args.config,
-            args.listen_address,
-            args.web_config_file,
-            args.extend_query_path,
+        arguments = (args.config, args.listen_address, args.web_config_file)
+        options: dict[str, Any] = dict(
+            extend_query_path=args.extend_query_path,
             dsn=args.dsn,
             collectors=collector_flags,
             telemetry_path=args.telemetry_path,
@@ -313,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exclude_databases=args.exclude_databases,
             include_databases=args.include_databases,
         )
+        loaded = load(*arguments, **options)
         settings = loaded.settings
         if args.command == "report":
             from exporter.report import run_report
@@ -340,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" selected, {len(loaded.fleet.all())} target(s)"
             )
             return 0
-        serve(loaded)
+        serve(loaded, rebuild=lambda: load(*arguments, **options).fleet)
     except ExporterError as exc:
         print(f"pg-health-exporter: {exc}", file=sys.stderr)
         return EXIT_CONFIG

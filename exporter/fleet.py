@@ -11,14 +11,27 @@ from exporter.spec import CollectorSpec
 from exporter.target import Target
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Fleet:
-    """Every target, each with its own pools, so one outage cannot slow the others."""
+    """Every target, each with its own pools, so one outage cannot slow the others.
+
+    Replaced as a whole by a reload (`take_over`): a request reads either the old fleet or the
+    new one, never a mix.
+    """
 
     default: Target | None
     named: dict[str, Target]
     # What an ad-hoc /probe target runs.
     collectors: tuple[CollectorSpec, ...] = ()
+    # The settings the fleet was built from; None: the application's own.
+    settings: Settings | None = None
+
+    def take_over(self, new: Fleet) -> list[Target]:
+        """Serve `new`'s targets from now on; return the old ones, for the caller to close."""
+        old = self.all()
+        self.default, self.named = new.default, new.named
+        self.collectors, self.settings = new.collectors, new.settings
+        return old
 
     def all(self) -> list[Target]:
         """Return every target, the default first."""
@@ -58,4 +71,4 @@ def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
     default = None
     if dsns or not named:
         default = Target("default", dsns[0] if dsns else "", settings, collectors)
-    return Fleet(default=default, named=named, collectors=tuple(collectors))
+    return Fleet(default=default, named=named, collectors=tuple(collectors), settings=settings)

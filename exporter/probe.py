@@ -172,6 +172,11 @@ class ProbeTargets:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    async def reconfigure(self, settings: Settings, collectors: Sequence[CollectorSpec]) -> None:
+        """Use new settings and collectors: every open target is closed, to reopen with them."""
+        await self.close()
+        self._settings, self._collectors = settings, tuple(collectors)
+
     async def close(self) -> None:
         """Close every target and wait for them."""
         for target, _ in self._targets.values():

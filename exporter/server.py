@@ -27,6 +27,7 @@ from exporter.health import evaluate
 from exporter.healthpage import CollectorState, TargetHealth, render_page
 from exporter.outcome import CollectorRun, Failed, Ok, Skipped
 from exporter.probe import ProbeRefused, ProbeTargets, probe_dsn
+from exporter.reload import Rebuild, Reloader
 from exporter.runbook import runbook_page
 from exporter.settings import Settings
 from exporter.snapshot import Snapshot
@@ -39,6 +40,11 @@ FLEET = web.AppKey("fleet", Fleet)
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_REGISTRY = web.AppKey("process_registry", CollectorRegistry)
 PROBES = web.AppKey("probes", ProbeTargets)
+
+
+def current_settings(app: web.Application) -> Settings:
+    """Return the settings in force: those of the last good reload, else the first ones."""
+    return app[FLEET].settings or app[SETTINGS]
 
 
 def scrape_timeout(request: web.Request, settings: Settings) -> float:
@@ -54,7 +60,7 @@ def scrape_timeout(request: web.Request, settings: Settings) -> float:
 
 
 async def _respond(request: web.Request, target: Target | None) -> web.Response:
-    settings = request.app[SETTINGS]
+    settings = current_settings(request.app)
     openmetrics = wants_openmetrics(request.headers.get("Accept"))
     gzipped = wants_gzip(request.headers.get("Accept-Encoding"))
     if target is None:
@@ -87,7 +93,7 @@ async def _page(
             snapshot.families,
             openmetrics=openmetrics,
             registry=request.app[PROCESS_REGISTRY],
-            **({"level": request.app[SETTINGS].gzip_level} if gzipped else {}),
+            **({"level": current_settings(request.app).gzip_level} if gzipped else {}),
         )
         page = asyncio.ensure_future(asyncio.to_thread(work))
         snapshot.encoded[key] = page
@@ -117,7 +123,7 @@ async def probe(request: web.Request) -> web.Response:
     target = request.app[FLEET].named.get(names[0])
     if target is not None:
         return await _respond(request, target)
-    settings = request.app[SETTINGS]
+    settings = current_settings(request.app)
     if not settings.probe_allowed_targets:
         return web.Response(
             status=404,
@@ -147,7 +153,7 @@ async def readyz(request: web.Request) -> web.Response:
     if target is None:
         return web.Response(text="ready (no default target)\n")
     # A round trip only: a readiness probe must not start (or bound) a whole collection.
-    if await target.ready(scrape_timeout(request, request.app[SETTINGS])):
+    if await target.ready(scrape_timeout(request, current_settings(request.app))):
         return web.Response(text="ready\n")
     return web.Response(status=503, text="database unreachable\n")
 
@@ -208,7 +214,7 @@ async def target_health(target: Target, link: str, timeout: float) -> TargetHeal
 async def landing(request: web.Request) -> web.Response:
     """Show the health of each target: its checks, the objects behind them, its collectors."""
     fleet = request.app[FLEET]
-    settings = request.app[SETTINGS]
+    settings = current_settings(request.app)
     timeout = scrape_timeout(request, settings)
     pending = []
     if fleet.default is not None:
@@ -233,9 +239,17 @@ async def _close_idle_probes(probes: ProbeTargets, settings: Settings) -> None:
 
 
 def build_app(
-    settings: Settings, fleet: Fleet | Target, web_config: WebConfig | None = None
+    settings: Settings,
+    fleet: Fleet | Target,
+    web_config: WebConfig | None = None,
+    *,
+    reload: Rebuild | None = None,
 ) -> web.Application:
-    """Build the application; the targets' pools open and close with it."""
+    """Build the application; the targets' pools open and close with it.
+
+    With `reload` (a function that reads the configuration again), SIGHUP and POST /-/reload
+    replace the targets and collectors; see exporter.reload.
+    """
     if isinstance(fleet, Target):
         fleet = Fleet(default=fleet, named={})
     users = web_config.basic_auth_users if web_config is not None else {}
@@ -257,15 +271,17 @@ def build_app(
     app[PROBES] = ProbeTargets(settings, collectors)
 
     async def targets_lifecycle(app: web.Application) -> AsyncIterator[None]:
-        targets = app[FLEET].all()
-        await asyncio.gather(*(target.open() for target in targets))
+        await asyncio.gather(*(target.open() for target in app[FLEET].all()))
         idle = asyncio.ensure_future(_close_idle_probes(app[PROBES], settings))
         yield
         idle.cancel()
         await app[PROBES].close()
-        await asyncio.gather(*(target.close() for target in targets))
+        # The targets of the last good reload, not necessarily those the app started with.
+        await asyncio.gather(*(target.close() for target in app[FLEET].all()))
 
     app.cleanup_ctx.append(targets_lifecycle)
+    if reload is not None:
+        Reloader(app, reload).install()
     app.router.add_get("/", landing)
     app.router.add_get(settings.telemetry_path, metrics)
     app.router.add_get("/probe", probe)
