@@ -9,10 +9,12 @@ serves an aiohttp application with three bounds, in the spirit of Go's `http.Ser
   time, from the connection's start or from the first byte after an idle spell (Go's
   ReadHeaderTimeout);
 - `idle_timeout`: a kept-alive connection with no request is closed after this (IdleTimeout);
-- `max_connections`: at most this many connections at once. A new connection over the bound
-  closes the oldest one that is still sending its head, or else the oldest idle one; only if
-  every connection is busy with a request is the new one closed at once. So a flood of slow or
-  idle clients can never keep out a client that sends its request promptly, as Prometheus does.
+- `max_connections`: at most this many connections at once, counted from their accept (with
+  TLS, before the handshake). A new connection over the bound closes the oldest connection
+  still sending its head (or its handshake) or idle, of the client address that holds the most
+  connections; only if every connection is busy with a request is the new one closed at once.
+  So a flood of slow or idle clients can never keep out a client that sends its request
+  promptly, as Prometheus does, from another address.
 
 Hitting the bound is logged once, in one line, and again only after the load has gone down;
 an accept that fails for want of file descriptors (from other causes) is logged once a minute,
@@ -27,7 +29,7 @@ import os
 import resource
 import signal
 import ssl
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +89,9 @@ def connection_limits(settings: Settings, database_connections: int) -> Connecti
     one line says so.
     """
     open_files = raise_open_file_limit()
-    reserved = FD_RESERVE + BACKLOG + database_connections
+    # asyncio accepts up to BACKLOG connections before any is counted, and each may close
+    # another to make room, whose descriptor is freed a moment later.
+    reserved = FD_RESERVE + 2 * BACKLOG + database_connections
     wanted = settings.http_max_connections
     fitted = connections_within(open_files, wanted, reserved)
     if fitted < wanted:
@@ -120,11 +124,26 @@ def connections_within(open_files: int, wanted: int, reserved: int) -> int:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: aiohttp's protocol behind it, its state as the gate sees it."""
+    """One client connection: aiohttp's protocol behind it, its state as the gate sees it.
 
-    __slots__ = ("closed", "gate", "inner", "since", "state", "transport")
+    With TLS, the connection is counted (and may be closed to make room) from the moment it is
+    accepted, not only once its handshake is over: the handshake is started here, with
+    `loop.start_tls`, rather than by the listening socket.
+    """
 
-    HEAD = "head"  # waiting for (the rest of) a request head
+    __slots__ = (
+        "closed",
+        "gate",
+        "handshake",
+        "inner",
+        "peer",
+        "since",
+        "started",
+        "state",
+        "transport",
+    )
+
+    HEAD = "head"  # waiting for (the rest of) a request head, or for the TLS handshake
     BUSY = "busy"  # a request is being handled
     IDLE = "idle"  # kept alive between requests
 
@@ -135,12 +154,50 @@ class _Connection(asyncio.Protocol):
         self.state = self.HEAD
         self.since = 0.0
         self.closed = False
+        self.started = False  # aiohttp's protocol has its transport
+        self.handshake: asyncio.Task[None] | None = None
+        self.peer = ""  # the client's address, without its port
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.inner.connection_made(transport)
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        if self.gate.ssl_context is None:
+            self._start(transport)
+            self.gate.opened(self)
+            return
+        transport.pause_reading()  # the ClientHello is for the TLS layer, not for aiohttp
         self.gate.opened(self)
+        if not self.closed:
+            self.handshake = asyncio.get_running_loop().create_task(
+                self._start_tls(transport, self.gate.ssl_context)
+            )
+
+    def _start(self, transport: asyncio.Transport) -> None:
+        self.started = True
+        self.inner.connection_made(transport)
+
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secure = await loop.start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.gate.limits.request_head_timeout,
+            )
+        except OSError:  # failed, timed out, or closed to make room: start_tls closed it
+            self.gate.forget(self)
+            return
+        if secure is None or self.closed:
+            if secure is not None:
+                secure.close()
+            return
+        self.gate.secured(self, raw, secure)
+        self.transport = secure
+        self._start(secure)
 
     def data_received(self, data: bytes) -> None:
         if self.state == self.IDLE:
@@ -148,23 +205,30 @@ class _Connection(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        return self.inner.eof_received() if self.started else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gate.forget(self)
-        self.inner.connection_lost(exc)
+        if self.started:
+            self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.started:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.started:
+            self.inner.resume_writing()
 
     def close(self) -> None:
-        """Close this connection now; the gate has already forgotten it."""
+        """Close this connection now, dropping anything unsent; the gate has forgotten it.
+
+        `abort`, not `close`: a client that does not read would keep a closed transport (and
+        its file descriptor) until its buffer drained.
+        """
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 class ConnectionGate:
@@ -172,13 +236,20 @@ class ConnectionGate:
 
     Connections waiting for a head and idle ones are kept in two queues in the order their
     wait began, so the oldest of each is found, and expired ones are swept, without a scan.
+    Room is made first at the expense of the client address holding the most connections:
+    a flood from one address cannot push out, however fast it reconnects, a Prometheus that
+    connects from another.
     """
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, ssl_context: ssl.SSLContext | None) -> None:
         self.limits = limits
+        self.ssl_context = ssl_context
         self._by_transport: dict[asyncio.BaseTransport, _Connection] = {}
         self._heads: OrderedDict[_Connection, None] = OrderedDict()
         self._idle: OrderedDict[_Connection, None] = OrderedDict()
+        # Per client address: its connections, and those of them waiting or idle, oldest first.
+        self._per_peer: Counter[str] = Counter()
+        self._evictable: dict[str, OrderedDict[_Connection, None]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._at_bound = False
         self._evicted = 0
@@ -214,19 +285,30 @@ class ConnectionGate:
     def opened(self, connection: _Connection) -> None:
         assert connection.transport is not None
         self._by_transport[connection.transport] = connection
+        self._per_peer[connection.peer] += 1
         self._wait_for_head(connection)
         if self.connections > self.limits.max_connections:
             self._make_room(connection)
+
+    def secured(
+        self, connection: _Connection, raw: asyncio.Transport, secure: asyncio.Transport
+    ) -> None:
+        """Follow a connection from its TCP transport to its TLS one (what requests carry)."""
+        if self._by_transport.pop(raw, None) is not None:
+            self._by_transport[secure] = connection
 
     def head_started(self, connection: _Connection) -> None:
         self._idle.pop(connection, None)
         self._wait_for_head(connection)
 
     def forget(self, connection: _Connection) -> None:
-        if connection.transport is not None:
-            self._by_transport.pop(connection.transport, None)
-        self._heads.pop(connection, None)
-        self._idle.pop(connection, None)
+        if connection.transport is None or connection.transport not in self._by_transport:
+            return
+        del self._by_transport[connection.transport]
+        self._per_peer[connection.peer] -= 1
+        if self._per_peer[connection.peer] <= 0:
+            del self._per_peer[connection.peer]
+        self._not_evictable(connection)
         if self._at_bound and self.connections < CALM_SHARE * self.limits.max_connections:
             self._calm()
 
@@ -234,6 +316,18 @@ class ConnectionGate:
         connection.state = _Connection.HEAD
         connection.since = asyncio.get_running_loop().time()
         self._heads[connection] = None
+        mine = self._evictable.setdefault(connection.peer, OrderedDict())
+        mine.pop(connection, None)
+        mine[connection] = None  # the newest of its address's now
+
+    def _not_evictable(self, connection: _Connection) -> None:
+        self._heads.pop(connection, None)
+        self._idle.pop(connection, None)
+        mine = self._evictable.get(connection.peer)
+        if mine is not None:
+            mine.pop(connection, None)
+            if not mine:
+                del self._evictable[connection.peer]
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -242,8 +336,7 @@ class ConnectionGate:
         connection = self._by_transport.get(transport) if transport is not None else None
         if connection is None:
             return await handler(request)
-        self._heads.pop(connection, None)
-        self._idle.pop(connection, None)
+        self._not_evictable(connection)
         connection.state = _Connection.BUSY
         try:
             return await handler(request)
@@ -252,6 +345,7 @@ class ConnectionGate:
                 connection.state = _Connection.IDLE
                 connection.since = asyncio.get_running_loop().time()
                 self._idle[connection] = None
+                self._evictable.setdefault(connection.peer, OrderedDict())[connection] = None
 
     # --------------------------------------------------------------- the bounds
 
@@ -260,8 +354,17 @@ class ConnectionGate:
         connection.close()
 
     def _make_room(self, newcomer: _Connection) -> None:
-        """Close the oldest slow or idle connection; the newcomer itself if all are busy."""
-        victim = next((c for c in self._heads if c is not newcomer), None)
+        """Close a slow or idle connection, the newcomer itself only if all others are busy.
+
+        The victim is the oldest waiting or idle connection of the address that holds the
+        most connections; failing that, the oldest one waiting for its head, then the oldest
+        idle one.
+        """
+        heaviest = max(self._per_peer, key=self._per_peer.__getitem__)
+        mine = self._evictable.get(heaviest)
+        victim = next((c for c in mine if c is not newcomer), None) if mine else None
+        if victim is None:
+            victim = next((c for c in self._heads if c is not newcomer), None)
         if victim is None:
             victim = next(iter(self._idle), None)
         if victim is None:
@@ -273,7 +376,7 @@ class ConnectionGate:
             self._at_bound = True
             log.warning(
                 "HTTP connection limit reached (%d connections, http_max_connections):"
-                " closing the oldest slow or idle connections to make room",
+                " closing slow or idle connections to make room, of the busiest address first",
                 self.limits.max_connections,
             )
         self._close(victim)
@@ -360,7 +463,7 @@ async def serve_forever(
     """Serve the application until SIGTERM or SIGINT; raise ExporterError if it cannot listen."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_AcceptFailures())
-    gate = ConnectionGate(limits)
+    gate = ConnectionGate(limits, ssl_context)
     app.middlewares.insert(0, gate.middleware)
     runner = web.AppRunner(
         app, handle_signals=False, keepalive_timeout=limits.idle_timeout, logger=server_log
@@ -374,8 +477,6 @@ async def serve_forever(
                 gate.protocol_factory(runner.server),
                 host,
                 port,
-                ssl=ssl_context,
-                ssl_handshake_timeout=limits.request_head_timeout if ssl_context else None,
                 reuse_address=True,
                 backlog=BACKLOG,
             )

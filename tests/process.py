@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ class ExporterProcess:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    tls: ssl.SSLContext | None = None
 
     def log(self) -> str:
         """Return everything the exporter wrote to stdout and stderr so far."""
@@ -64,7 +66,11 @@ class ExporterProcess:
         timeout: float = 30,
     ) -> tuple[int, dict[str, str], bytes]:
         """Send one request on a fresh connection; return status, headers and body."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.tls)
+            if self.tls is not None
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        )
         try:
             conn.putrequest(method, path, skip_accept_encoding=True)
             for name, value in (headers or {}).items():
@@ -102,11 +108,13 @@ def exporter_process(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     open_files: int | None = None,
+    tls_ca: Path | None = None,
 ) -> Iterator[ExporterProcess]:
     """Run `pg-health-exporter` on a free port of 127.0.0.1 until the block ends.
 
     `open_files` sets RLIMIT_NOFILE (soft and hard) in the child, as systemd's LimitNOFILE
-    would. The process is stopped with SIGTERM (then SIGKILL) afterwards.
+    would. `tls_ca`: the exporter serves HTTPS (its web config says so) with a certificate
+    this CA file verifies. The process is stopped with SIGTERM (then SIGKILL) afterwards.
     """
     port = free_port()
     log_path = log_dir / f"exporter-{port}.log"
@@ -127,7 +135,8 @@ def exporter_process(
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPOSITORY
         )
-    exporter = ExporterProcess(process, port, log_path)
+    tls = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None
+    exporter = ExporterProcess(process, port, log_path, tls)
     try:
         _wait_until_serving(exporter, time.monotonic() + 30)
         yield exporter
