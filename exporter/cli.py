@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
         help="accepted for postgres_exporter's deployments: databases are always discovered",
     )
     parser.add_argument(
+        "--constantLabels",
+        dest="const_labels",
+        help="labels on every series: name=value,name=value",
+    )
+    parser.add_argument(
         "--exclude-databases",
         dest="exclude_databases",
         help="comma-separated databases (regular expressions) to leave out",
@@ -310,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             auto_discover_databases=args.auto_discover_databases,
             exclude_databases=args.exclude_databases,
             include_databases=args.include_databases,
+            const_labels=args.const_labels,
         )
         loaded = load(*arguments, **options)
         settings = loaded.settings

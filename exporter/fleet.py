@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from exporter import selfmetrics
 from exporter.catalog import Catalog
 from exporter.dsn import target_name_for
+from exporter.errors import ConfigError
 from exporter.settings import Settings
 from exporter.spec import CollectorSpec
 from exporter.target import Target
@@ -46,6 +49,30 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def _check_const_labels(settings: Settings, collectors: Sequence[CollectorSpec]) -> None:
+    """Refuse a constant label that a series already has: the page would repeat a label."""
+    used = {"le", "quantile"} | {
+        label
+        for metric in vars(selfmetrics).values()
+        if isinstance(metric, selfmetrics.SelfMetric)
+        for label in metric.labels
+    }
+    used |= {
+        spec.label_name(column)
+        for spec in collectors
+        for column, column_spec in spec.columns.items()
+        if column_spec.usage == "label"
+    }
+    places = [("const_labels", settings.const_labels)] + [
+        (f"targets.{name}.const_labels", target.const_labels)
+        for name, target in settings.targets.items()
+    ]
+    for where, labels in places:
+        clash = sorted(set(labels) & used)
+        if clash:
+            raise ConfigError(f"{where}: {clash[0]!r} is already a label of the exporter's series")
+
+
 def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
     """Create the targets; raise ConfigError if a named target's DSN cannot be resolved.
 
@@ -60,6 +87,7 @@ def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
         enabled=settings.enabled_collectors,
         builtin=not settings.disable_default_metrics,
     )
+    _check_const_labels(settings, collectors)
     named = {
         name: Target(name, target.resolve_dsn(name), settings, collectors, kind=target.type)
         for name, target in settings.targets.items()

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from exporter import __version__
+from exporter.constlabels import with_const_labels
 from exporter.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -67,7 +68,8 @@ async def _respond(request: web.Request, target: Target | None) -> web.Response:
         snapshot = Snapshot(families=[], up=None, duration=0.0)
     else:
         snapshot = await target.scrape(scrape_timeout(request, settings))
-    body = await _page(request, snapshot, openmetrics=openmetrics, gzipped=gzipped)
+    labels = const_labels_of(settings, target)
+    body = await _page(request, snapshot, openmetrics=openmetrics, gzipped=gzipped, labels=labels)
     response = web.Response(body=body)
     response.headers["Content-Type"] = (
         OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
@@ -77,8 +79,19 @@ async def _respond(request: web.Request, target: Target | None) -> web.Response:
     return response
 
 
+def const_labels_of(settings: Settings, target: Target | None) -> dict[str, str]:
+    """Return the constant labels of a target: the global ones, then its own."""
+    named = settings.targets.get(target.name) if target is not None else None
+    return {**settings.const_labels, **(named.const_labels if named is not None else {})}
+
+
 async def _page(
-    request: web.Request, snapshot: Snapshot, *, openmetrics: bool, gzipped: bool
+    request: web.Request,
+    snapshot: Snapshot,
+    *,
+    openmetrics: bool,
+    gzipped: bool,
+    labels: dict[str, str] | None = None,
 ) -> bytes:
     """Encode (and gzip) a snapshot once, off the event loop, for every scrape sharing it.
 
@@ -90,7 +103,7 @@ async def _page(
     if page is None:
         work = functools.partial(
             encode_gzip if gzipped else encode,
-            snapshot.families,
+            with_const_labels(snapshot.families, labels or {}),
             openmetrics=openmetrics,
             registry=request.app[PROCESS_REGISTRY],
             **({"level": current_settings(request.app).gzip_level} if gzipped else {}),

@@ -60,6 +60,18 @@ _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _GO_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def check_label_names(labels: dict[str, str]) -> dict[str, str]:
+    """Check constant label names: Prometheus's form, not reserved (__*).
+
+    >>> check_label_names({"env": "prod"})
+    {'env': 'prod'}
+    """
+    for name in labels:
+        if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) or name.startswith("__"):
+            raise ValueError(f"{name[:40]!r} is not a label name")
+    return labels
+
+
 def _env_alias(name: str, *postgres_exporter_names: str) -> AliasChoices:
     """Accept a setting under its own name, PG_EXPORTER_<NAME>, and postgres_exporter's names."""
     # Not the bare name: an unrelated LISTEN_ADDRESS in the environment must not count
@@ -128,6 +140,14 @@ class TargetSettings(BaseModel):
     password_env: str | None = None
     password_file: Path | None = None
     type: Literal["postgres", "pgbouncer"] = "postgres"
+
+    # Labels on every series of this target, over the global const_labels.
+    const_labels: dict[str, str] = {}
+
+    @field_validator("const_labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        return check_label_names(labels)
 
     @model_validator(mode="after")
     def _one_dsn_source(self) -> TargetSettings:
@@ -257,6 +277,11 @@ class Settings(BaseSettings):
     # postgres_exporter's PG_EXPORTER_METRIC_PREFIX: only its default can be honoured here.
     metric_prefix: Literal["pg"] = "pg"
     targets: dict[str, TargetSettings] = {}
+    # Labels on every series of every target (postgres_exporter's PG_EXPORTER_CONSTANT_LABELS,
+    # "name=value,name=value").
+    const_labels: CommaDict = Field(
+        default={}, validation_alias=_env_alias("const_labels", "PG_EXPORTER_CONSTANT_LABELS")
+    )
     # postgres_exporter's multi-target form, /probe?target=HOST:PORT|DSN&auth_module=NAME.
     auth_modules: dict[str, AuthModule] = {}
     # Servers /probe may reach beyond the named targets: patterns of HOST:PORT or HOST
@@ -271,6 +296,11 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=512, ge=1)
     http_request_head_timeout_seconds: PositiveSeconds = 10.0
     http_idle_timeout_seconds: PositiveSeconds = 75.0
+
+    @field_validator("const_labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        return check_label_names(labels)
 
     @field_validator("targets")
     @classmethod
@@ -307,7 +337,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a JSON list ({exc.msg})") from None
         return [item.strip() for item in value.split(",") if item.strip()]
 
-    @field_validator("partition_retention", "matview_refresh_interval", mode="before")
+    @field_validator(
+        "partition_retention", "matview_refresh_interval", "const_labels", mode="before"
+    )
     @classmethod
     def _comma_separated_pairs(cls, value: Any) -> Any:
         if not isinstance(value, str):

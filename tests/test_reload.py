@@ -84,3 +84,42 @@ def test_reload_by_signal_and_by_post(pg: Server, tmp_path: Path) -> None:
         assert ok == 1 and good_again > last_good
         assert _probe(exporter, "b")[0] == 200
     assert "Traceback" not in exporter.log()
+
+
+async def test_const_labels_on_every_series_of_a_target(pg: Server) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from exporter.fleet import build_fleet
+    from exporter.server import build_app
+    from exporter.settings import load_settings
+    from tests.support import CATALOG
+
+    settings = load_settings(
+        None,
+        data_source_name=pg.monitor(),
+        const_labels="env=prod,team=db",  # postgres_exporter's form
+        targets={"other": {"dsn": pg.monitor(), "const_labels": {"env": "staging"}}},
+    )
+    client = TestClient(TestServer(build_app(settings, build_fleet(settings, CATALOG))))
+    await client.start_server()
+    try:
+        for path, env in [("/metrics", "prod"), ("/probe?target=other", "staging")]:
+            page = Scrape(await (await client.get(path)).text())
+            ours = [s for s in page.samples if s.name.startswith("pg_")]
+            assert ours and all(
+                s.labels.get("env") == env and s.labels.get("team") == "db" for s in ours
+            ), path
+    finally:
+        await client.close()
+
+
+def test_a_const_label_the_series_already_have_is_refused() -> None:
+    import pytest
+
+    from exporter.errors import ConfigError
+    from exporter.fleet import build_fleet
+    from exporter.settings import load_settings
+    from tests.support import CATALOG
+
+    with pytest.raises(ConfigError, match="'datname' is already a label"):
+        build_fleet(load_settings(None, const_labels={"datname": "x"}), CATALOG)
