@@ -173,6 +173,7 @@ class ObjectBudget:
         self._qualified: dict[str, dict[ObjectKey, tuple[float, str]]] = {}
         # The previous fresh value of each counter measure, for rank_increase.
         self._previous: dict[int, float] = {}
+        self._current: dict[int, float] = {}
         self.last_choices: dict[str, Choice] = {}
 
     def forget_databases_except(self, keep: set[str]) -> None:
@@ -187,7 +188,10 @@ class ObjectBudget:
         for answer in answers:
             assert answer.spec.objects is not None
             by_kind.setdefault(answer.spec.objects.kind, []).append(answer)
+        # Only the values of this scrape's rows are kept: a dropped table is forgotten.
+        self._current = {}
         choices = {kind: self._choose_kind(kind, group, now) for kind, group in by_kind.items()}
+        self._previous = self._current
         self.last_choices = choices
         return choices
 
@@ -230,15 +234,15 @@ class ObjectBudget:
         count = sum(len(keys) for keys in by_database.values())
         qualified = self._qualified.setdefault(kind, {})
         budget = self.settings.budget
-        if count <= budget and not excluded:
-            # Under the budget nothing changes; rank anyway, so the counters' previous values
-            # are there when the catalog grows past it.
-            self._rank(answers, excluded, now, qualified)
-            return Choice(kind, None, count)
+        under_budget = count <= budget and not excluded
+        # Under the budget nothing changes; rank anyway, so the counters' previous values and
+        # the hold are there when the catalog grows past it.
         thresholds, ranked = self._rank(answers, excluded, now, qualified)
         hold = self.settings.hold_seconds
         for key in [key for key, (when, _) in qualified.items() if now - when > hold]:
             del qualified[key]
+        if under_budget:
+            return Choice(kind, None, count)
         chosen: dict[ObjectKey, str] = {}
         for key in thresholds:
             chosen.setdefault(key, "threshold")
@@ -273,7 +277,7 @@ class ObjectBudget:
         top_n = self.settings.top_n
         past: list[tuple[float, ObjectKey]] = []
         ranked: list[ObjectKey] = []
-        previous = self._previous
+        previous, current = self._previous, self._current
         for answer in answers:
             spec, names, rows = answer.spec, answer.rows.names, answer.rows.rows
             objects = spec.objects
@@ -304,7 +308,9 @@ class ObjectBudget:
                     row_key = hash((salt, row_label))
                     before = previous.get(row_key)
                     if value is not None and answer.fresh:
-                        previous[row_key] = value
+                        current[row_key] = value
+                    elif before is not None:
+                        current[row_key] = before
                     # Before a previous value exists the total itself ranks (first scrape).
                     if value is None or before is None:
                         increases.append(value)

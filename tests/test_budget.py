@@ -206,6 +206,17 @@ def test_counters_rank_by_their_increase() -> None:
     assert chosen == {("app", ("public", "t5")): "top_n"}
 
 
+def test_what_is_remembered_stays_bounded() -> None:
+    """Objects that qualified long ago, and counters of dropped tables, are forgotten."""
+    budget = ObjectBudget(BudgetSettings(budget=1000, top_n=2, hold_seconds=60))
+    for turn in range(50):
+        # Two new tables lead every scrape, and yesterday's are dropped.
+        rows = [("app", "public", f"t{turn}_{i}", 5 - i, turn, None) for i in range(3)]
+        budget.choose([answer(TABLE_SPEC, NAMES, rows)], now=turn * 100.0)
+    assert {key[1][1][:4] for key in budget._qualified["table"]} == {"t49_"}
+    assert len(budget._previous) == 3
+
+
 def test_excluded_tables_are_always_summed() -> None:
     rows = table_rows(3, dead={0: 50_000})
     budget = ObjectBudget(BudgetSettings(budget=10, exclude_tables=("t0",)))
