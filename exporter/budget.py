@@ -127,10 +127,6 @@ class Choice:
     objects: int = 0
     excluded: set[ObjectKey] = field(default_factory=set)
 
-    def keeps(self, key: ObjectKey) -> bool:
-        """Tell whether the object gets its own series."""
-        return self.chosen is None or key in self.chosen
-
     def reasons(self) -> dict[str, int]:
         """Return how many objects have their own series, by why."""
         if self.chosen is None:
