@@ -25,6 +25,9 @@ sys.argv[0] = "pg-health-exporter"
 runpy.run_module("exporter", run_name="__main__")
 """
 
+#: Ports tried, each found free, before giving up on starting an exporter.
+PORT_ATTEMPTS = 5
+
 
 @dataclass
 class ExporterProcess:
@@ -84,12 +87,25 @@ class ExporterProcess:
             conn.close()
 
 
+class PortTaken(Exception):
+    """The exporter could not listen: something else took its free port first."""
+
+
 def _wait_until_serving(exporter: ExporterProcess, deadline: float) -> None:
+    # Serving means this process said so for its port: a 200 on the port alone may come from
+    # another process that took the port between free_port() and the exporter's bind.
+    serving = f":{exporter.port}"
     while time.monotonic() < deadline:
         if exporter.process.poll() is not None:
-            raise AssertionError(
-                f"exporter exited with {exporter.process.returncode}:\n{exporter.log()}"
-            )
+            log = exporter.log()
+            if f"cannot listen on 127.0.0.1:{exporter.port}: address already in use" in log:
+                raise PortTaken(log)
+            raise AssertionError(f"exporter exited with {exporter.process.returncode}:\n{log}")
+        if not any(
+            "serving on" in line and serving in line for line in exporter.log().splitlines()
+        ):
+            time.sleep(0.1)
+            continue
         try:
             status, _, _ = exporter.get("/healthz", timeout=2)
         except OSError:
@@ -98,6 +114,16 @@ def _wait_until_serving(exporter: ExporterProcess, deadline: float) -> None:
         if status == 200:
             return
     raise AssertionError(f"exporter did not serve within the deadline:\n{exporter.log()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
@@ -116,35 +142,42 @@ def exporter_process(
     would. `tls_ca`: the exporter serves HTTPS (its web config says so) with a certificate
     this CA file verifies. The process is stopped with SIGTERM (then SIGKILL) afterwards.
     """
-    port = free_port()
-    log_path = log_dir / f"exporter-{port}.log"
-    command = [sys.executable]
-    if open_files is not None:
-        command += ["-c", _LIMITED, str(open_files)]
-    else:
-        command += ["-m", "exporter"]
-    command += ["--web.listen-address", f"127.0.0.1:{port}", *args]
-    child_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/tmp",
-        "PYTHONPATH": str(REPOSITORY),
-        **({"DATA_SOURCE_NAME": dsn} if dsn is not None else {}),
-        **(env or {}),
-    }
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPOSITORY
-        )
     tls = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None
-    exporter = ExporterProcess(process, port, log_path, tls)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        # Another process may take the free port before the exporter binds it: then again,
+        # on another port.
+        port = free_port()
+        log_path = log_dir / f"exporter-{port}.log"
+        command = [sys.executable]
+        if open_files is not None:
+            command += ["-c", _LIMITED, str(open_files)]
+        else:
+            command += ["-m", "exporter"]
+        command += ["--web.listen-address", f"127.0.0.1:{port}", *args]
+        child_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": "/tmp",
+            "PYTHONPATH": str(REPOSITORY),
+            **({"DATA_SOURCE_NAME": dsn} if dsn is not None else {}),
+            **(env or {}),
+        }
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPOSITORY
+            )
+        exporter = ExporterProcess(process, port, log_path, tls)
+        try:
+            _wait_until_serving(exporter, time.monotonic() + 30)
+        except PortTaken:
+            _stop(process)
+            if attempt == PORT_ATTEMPTS:
+                raise
+            continue
+        except BaseException:
+            _stop(process)
+            raise
+        break
     try:
-        _wait_until_serving(exporter, time.monotonic() + 30)
         yield exporter
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process)

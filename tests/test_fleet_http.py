@@ -193,24 +193,37 @@ def exporter_process(tmp_path: Path) -> Iterator[Any]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], int, Path]:
-        port = free_port()
-        log = tmp_path / f"exporter-{port}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}",
-                 *args],
-                env={"PATH": os.environ["PATH"], "HOME": "/tmp", **env},
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        processes.append(process)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
+        # Another process may take the free port before the exporter binds it: then again, on
+        # another port. Serving means the exporter said so for its port (a connection alone
+        # may reach whoever took it).
+        for _ in range(5):
+            port = free_port()
+            log = tmp_path / f"exporter-{port}.log"
+            with log.open("wb") as sink:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "exporter", "--web.listen-address",
+                     f"127.0.0.1:{port}", *args],
+                    env={"PATH": os.environ["PATH"], "HOME": "/tmp", **env},
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            processes.append(process)
+
+            def said(what: str, log: Path = log) -> bool:
+                return what in log.read_text(errors="replace")
+
+            for _ in range(300):
+                if process.poll() is not None or any(
+                    "serving on" in line and f":{port}/" in line
+                    for line in log.read_text(errors="replace").splitlines()
+                ):
+                    break
                 time.sleep(0.1)
-        return process, port, log
+            if process.poll() is None:
+                return process, port, log
+            if not said(f"cannot listen on 127.0.0.1:{port}: address already in use"):
+                raise AssertionError(f"exporter exited:\n{log.read_text(errors='replace')}")
+        raise AssertionError("no free port stayed free for the exporter")
 
     yield start
     for process in processes:
