@@ -34,6 +34,8 @@ from exporter.spec import CollectorSpec
 
 #: A key the names do not hold asks for them again, at most this often (seconds).
 NAMES_RETRY_SECONDS = 10.0
+#: How long after a run's deadline the server's own statement timeout ends its query.
+DEADLINE_BACKSTOP_SECONDS = 1.0
 
 # Logged as the target's: operators filter on that name.
 log = logging.getLogger("exporter.target")
@@ -115,9 +117,14 @@ class CollectorRunner:
             reason = f"extension {spec.requires_extension} not installed"
             return CollectorRun(spec.name, datname, Skipped(reason))
         started = time.monotonic()
+        # The caller keeps the deadline (it cancels the run, and psycopg the query, when it
+        # passes); the server's timeout comes a little after it, as a backstop only. Were the
+        # two at the same instant, a run cut by the deadline would be told as a statement
+        # timeout whenever the server's answer beat the caller's timer (a loaded machine),
+        # and a ttl collector would then miss its refresh in the background.
         timeout = min(
             spec.timeout or self._settings.statement_timeout_seconds,
-            max(0.001, deadline - started),
+            max(0.001, deadline - started) + DEADLINE_BACKSTOP_SECONDS,
         )
         outcome: Outcome
         try:
