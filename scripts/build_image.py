@@ -31,6 +31,8 @@ debootstrap). Exit status 1 on failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,6 +265,24 @@ def _labels(inspected: dict[str, object]) -> dict[str, str]:
     return {str(key): str(value) for key, value in labels.items()}
 
 
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """Hold the machine's image-build lock: one build (or base import) at a time.
+
+    Builds share buildah's storage and the base image: two at once (two checkouts' test runs)
+    removed each other's intermediate containers and layers mid-build ("identifier is not a
+    container", "layer not known").
+    """
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the image and print its name."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -276,9 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("buildah is not installed (Debian package buildah)")
         return 1
     try:
-        base = options.base or ensure_base()
-        tag = options.tag or f"{DEFAULT_REPOSITORY}:{project_version()}"
-        print(build(tag, base, reuse=options.reuse))
+        with machine_lock():
+            base = options.base or ensure_base()
+            tag = options.tag or f"{DEFAULT_REPOSITORY}:{project_version()}"
+            print(build(tag, base, reuse=options.reuse))
     except (BuildError, subprocess.TimeoutExpired) as exc:
         log(f"build_image: {exc}")
         return 1
