@@ -164,7 +164,13 @@ async def test_collector_waits_on_a_lock_held_by_another_session(
         holder.rollback()
         holder.close()
     # The background refresh gets the lock once it is released, and its answer is served.
-    released = await exporter.scrape_until(lambda s: s.collector_errors() == {}, header=header)
+    # (Until then table_sizes is no error but "skipped": its answer is being computed.)
+    released = await exporter.scrape_until(
+        lambda s: (
+            s.collector_errors() == {} and bool(s.find("pg_table_heap_bytes", relname="locked"))
+        ),
+        header=header,
+    )
     if lock_timeout > header:  # from the background refresh, not a rerun in the scrape
         cached = released.value(
             "pg_exporter_collector_cached", collector="table_sizes", datname=database
