@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.appkeys import FLEET, PROBES, PROCESS_REGISTRY
 from exporter.errors import ExporterError
 from exporter.fleet import Fleet
 
@@ -41,8 +42,6 @@ class Reloader(Collector):
 
     def install(self) -> None:
         """Add the /-/reload route, the SIGHUP handler and the two metrics."""
-        from exporter.server import PROCESS_REGISTRY
-
         self._app.router.add_post("/-/reload", self.handle)
         self._app.on_startup.append(self._on_startup)
         self._app[PROCESS_REGISTRY].register(self)
@@ -69,8 +68,6 @@ class Reloader(Collector):
 
     async def reload(self) -> str | None:
         """Read the configuration again and serve it; return the error line if it fails."""
-        from exporter.server import FLEET, PROBES
-
         async with self._lock:
             try:
                 new = await asyncio.to_thread(self._rebuild)

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from exporter import __version__
+from exporter.appkeys import FLEET, PROBES, PROCESS_REGISTRY, SETTINGS
 from exporter.constlabels import with_const_labels
 from exporter.exposition import (
     OPENMETRICS_CONTENT_TYPE,
@@ -36,11 +37,6 @@ from exporter.target import Target
 from exporter.webconfig import BasicAuth, WebConfig, headers_hook
 
 log = logging.getLogger(__name__)
-
-FLEET = web.AppKey("fleet", Fleet)
-SETTINGS = web.AppKey("settings", Settings)
-PROCESS_REGISTRY = web.AppKey("process_registry", CollectorRegistry)
-PROBES = web.AppKey("probes", ProbeTargets)
 
 
 def current_settings(app: web.Application) -> Settings:

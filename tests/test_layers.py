@@ -17,8 +17,8 @@ LAYERS: list[list[str]] = [
     ["snapshot", "samples", "outcome", "info"],
     ["selfmetrics", "budget", "matview_refresh"],
     ["collect", "counters", "ttlcache"],
-    ["exposition", "health", "healthpage"],
-    ["target", "fleet"],
+    ["exposition", "health", "healthpage", "constlabels"],
+    ["target", "fleet", "probe", "appkeys", "reload"],
     ["webconfig", "runbook", "server", "httpserver"],
     ["report", "reference", "localpg", "demo", "cli", "__main__"],
 ]

@@ -10,9 +10,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from exporter.appkeys import PROBES
 from exporter.fleet import build_fleet
 from exporter.probe import ProbeRefused, probe_dsn
-from exporter.server import PROBES, build_app
+from exporter.server import build_app
 from exporter.settings import AuthModule, load_settings
 from tests.support import CATALOG, MONITOR_PASSWORD, MONITOR_ROLE, Scrape, Server
 
