@@ -8,11 +8,48 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
+from urllib.parse import quote_plus, unquote_plus
+
+from exporter.dsn import redact_dsn
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVEL_NAMES = {"WARNING": "warn", "CRITICAL": "error"}
 _handler: logging.Handler | None = None
+#: A `target` query parameter in a request line (`/probe?target=...`): it may be a DSN.
+_TARGET_PARAMETER = re.compile(r"([?&]target=)([^&\s\"]*)")
+
+
+def redact_request_targets(text: str) -> str:
+    """Return a request line with every DSN given as `target` without its password.
+
+    >>> redact_request_targets("GET /probe?target=host%3Dh+password%3Dpw&x=1 HTTP/1.1")
+    'GET /probe?target=host%3Dh&x=1 HTTP/1.1'
+    >>> redact_request_targets("GET /probe?target=db%3A5432&auth_module=m HTTP/1.1")
+    'GET /probe?target=db%3A5432&auth_module=m HTTP/1.1'
+    """
+
+    def redacted(match: re.Match[str]) -> str:
+        value = unquote_plus(match[2])
+        if "=" not in value and "://" not in value:  # HOST:PORT
+            return match[0]
+        return match[1] + quote_plus(redact_dsn(value))
+
+    return _TARGET_PARAMETER.sub(redacted, text)
+
+
+class AccessLogRedaction(logging.Filter):
+    """Keep passwords out of aiohttp's access log: a /probe target may be a whole DSN."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message (and its request-line field) without them."""
+        record.msg = redact_request_targets(record.getMessage())
+        record.args = ()
+        line = getattr(record, "first_request_line", None)
+        if isinstance(line, str):
+            record.first_request_line = redact_request_targets(line)
+        return True
 
 
 def _fields(record: logging.LogRecord) -> dict[str, str]:

@@ -27,6 +27,7 @@ from exporter.exposition import (
 from exporter.fleet import Fleet
 from exporter.health import evaluate
 from exporter.healthpage import CollectorState, TargetHealth, render_page
+from exporter.logs import AccessLogRedaction
 from exporter.outcome import CollectorRun, Failed, Ok, Skipped
 from exporter.probe import ProbeRefused, ProbeTargets, probe_dsn
 from exporter.reload import Rebuild, Reloader
@@ -37,6 +38,8 @@ from exporter.target import Target
 from exporter.webconfig import BasicAuth, WebConfig, headers_hook
 
 log = logging.getLogger(__name__)
+# Whoever serves this app (the exporter, a test server), its access log shows no password.
+logging.getLogger("aiohttp.access").addFilter(AccessLogRedaction())
 
 
 def current_settings(app: web.Application) -> Settings:

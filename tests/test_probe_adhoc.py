@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -81,6 +82,8 @@ async def probe_client(pg: Server) -> AsyncIterator[TestClient[Any, Any]]:
 async def test_probe_by_host_port_and_auth_module(
     pg: Server, probe_client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The access log too (INFO, not captured unless asked): its request lines hold the DSN.
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
     params = conninfo_to_dict(pg.admin())
     address = f"{params['host']}:{params['port']}"
     response = await probe_client.get(
