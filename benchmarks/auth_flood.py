@@ -4,12 +4,14 @@ Starts a throwaway PostgreSQL and the exporter as its own process with a web con
 basic auth (one user, a bcrypt hash of cost 10 by default), then measures, as Prometheus asks
 (one kept-alive connection, gzip, the scrape-timeout header, the right credentials):
 
-1. quiet: `--scrapes` scrapes, one every 0.25 s; their median and p95 wall time;
-2. timing: the wall time of 401 answers for an unknown user and for a known user with a wrong
+1. timing: the wall time of 401 answers for an unknown user and for a known user with a wrong
    password (`--probes` of each, interleaved), median of each: they should be equal;
-3. flood: the same scrapes while `--clients` clients send requests with a wrong password (a new
+2. quiet: `--scrapes` scrapes, one every 0.25 s; their median and p95 wall time;
+3. flood: as many scrapes while `--clients` clients send requests with a wrong password (a new
    one each time, so nothing can be remembered), back to back; the scrapes' median and p95,
    their ratio to the quiet median (the goal: within 2x), and how many 401s the flood got.
+   Quiet and flooded windows alternate (`--rounds`), so that both meet the same background
+   load of a shared machine.
 
 It asserts nothing; it prints figures. To compare with another version of the exporter, give
 `--exporter-path DIR`, a directory holding that version's `exporter` package (for instance
@@ -59,6 +61,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=40, help="flooding clients (40)")
     parser.add_argument("--scrapes", type=int, default=40, help="measured scrapes per phase (40)")
     parser.add_argument("--probes", type=int, default=20, help="401 timings of each kind (20)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="quiet and flooded windows, alternated (4)"
+    )
     parser.add_argument("--cost", type=int, default=10, help="bcrypt cost of the hash (10)")
     parser.add_argument("--profile", default="minimal", help="collector profile (minimal)")
     parser.add_argument(
@@ -126,22 +131,19 @@ async def refused_times(url: str, count: int) -> tuple[list[float], list[float]]
     return unknown, wrong
 
 
-async def flood(url: str, clients: int, stop: asyncio.Event) -> int:
-    """Send wrong passwords from `clients` clients back to back until stopped; return the 401s."""
-    refused = 0
+async def flood(url: str, clients: int, refused: list[int]) -> None:
+    """Send wrong passwords from `clients` clients back to back until cancelled; count 401s."""
 
     async def client() -> None:
-        nonlocal refused
         async with aiohttp.ClientSession() as session:
-            while not stop.is_set():
+            while True:
                 headers = {"Authorization": basic(USER, secrets.token_hex(8))}
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(url + "/metrics", headers=headers) as response:
                         await response.read()
-                        refused += response.status == 401
+                        refused[0] += response.status == 401
 
     await asyncio.gather(*(client() for _ in range(clients)))
-    return refused
 
 
 def figures(times: list[float]) -> str:
@@ -180,16 +182,23 @@ async def measure(args: argparse.Namespace, dsn: str, workdir: Path) -> None:
     try:
         await wait_until_serving(url, process)
         await scrapes(url, 3)  # warm: connections open, credentials remembered
-        quiet = await scrapes(url, args.scrapes)
         unknown, wrong = await refused_times(url, args.probes)
-        stop = asyncio.Event()
-        flooding = asyncio.create_task(flood(url, args.clients, stop))
-        await asyncio.sleep(2)  # let the flood build up
-        started = time.perf_counter()
-        flooded = await scrapes(url, args.scrapes)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        refused = await flooding
+        # Quiet and flooded windows alternate, so that both meet the same background load.
+        quiet: list[float] = []
+        flooded: list[float] = []
+        refused = [0]
+        elapsed = 0.0
+        per_window = max(1, args.scrapes // args.rounds)
+        for _ in range(args.rounds):
+            quiet += await scrapes(url, per_window)
+            flooding = asyncio.create_task(flood(url, args.clients, refused))
+            await asyncio.sleep(1)  # let the flood build up
+            started = time.perf_counter()
+            flooded += await scrapes(url, per_window)
+            elapsed += time.perf_counter() - started + 1
+            flooding.cancel()  # the clients hang up: their queued checks are dropped
+            with contextlib.suppress(asyncio.CancelledError):
+                await flooding
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -203,7 +212,7 @@ async def measure(args: argparse.Namespace, dsn: str, workdir: Path) -> None:
     print(f"401 for a wrong password ({len(wrong)}): {figures(wrong)}")
     print(f"scrapes under a {args.clients}-client wrong-password flood: {figures(flooded)}")
     print(f"flooded median / quiet median: {ratio:.2f} (goal: at most 2)")
-    print(f"flood: about {refused / (elapsed + 2):.0f} wrong passwords refused a second")
+    print(f"flood: about {refused[0] / elapsed:.1f} wrong passwords refused a second")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

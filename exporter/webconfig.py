@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -270,9 +271,10 @@ class BasicAuth:
       itself): Prometheus sends the same credentials on every scrape and pays bcrypt once.
       Failures are not remembered, so a wrong password can never become a remembered one.
     - bcrypt (tens of milliseconds of CPU on purpose) runs off the event loop, one check at a
-      time on a thread of its own: a flood of wrong passwords waits its turn and takes at most
-      one core, while scrapes with remembered credentials and page encoding (on the default
-      executor) go on. The connection bound of the HTTP server bounds that queue.
+      time on a thread of its own, resting as long as each check took: a flood of wrong
+      passwords waits its turn and takes at most half a core, while scrapes with remembered
+      credentials and page encoding (on the default executor) go on. The connection bound of
+      the HTTP server bounds that queue.
     """
 
     # Successes remembered at most; cleared when full (only right passwords get there).
@@ -285,20 +287,33 @@ class BasicAuth:
         cost = max((bcrypt_cost(hashed) for hashed in users.values()), default=10)
         self._dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(rounds=cost))
         self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
+        self._rest_until = 0.0  # when the bcrypt thread may start its next check
 
     def _digest(self, user: str, password: bytes) -> bytes:
         message = user.encode("utf-8", "surrogateescape") + b"\0" + password
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    @staticmethod
-    def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
+    def _bcrypt_matches(self, password: bytes, hashed: bytes, wanted: Callable[[], bool]) -> bool:
+        # On the bcrypt thread. Rest as long as the last check took before starting the next:
+        # back-to-back wrong passwords then get half a core, not a whole one, of a machine
+        # whose other cores (two, often) the scrapes need.
+        time.sleep(max(0.0, self._rest_until - time.monotonic()))
+        if not wanted():  # the client hung up while its check waited its turn
+            return False
+        started = time.monotonic()
         try:
             return bcrypt.checkpw(password, hashed)
         except ValueError:  # bcrypt 5 refuses passwords over 72 bytes, for any user alike
             return False
+        finally:
+            finished = time.monotonic()
+            self._rest_until = finished + (finished - started)
 
-    async def check(self, header: str | None) -> bool:
-        """Tell whether an Authorization header carries valid credentials."""
+    async def check(self, header: str | None, wanted: Callable[[], bool] = lambda: True) -> bool:
+        """Tell whether an Authorization header carries valid credentials.
+
+        `wanted` tells, when the check's turn comes, whether its answer is still awaited.
+        """
         if not header or not header.startswith("Basic "):
             return False
         try:
@@ -313,7 +328,11 @@ class BasicAuth:
         hashed = self._users.get(user)
         loop = asyncio.get_running_loop()
         matches = await loop.run_in_executor(
-            self._checks, self._bcrypt_matches, password, self._dummy if hashed is None else hashed
+            self._checks,
+            self._bcrypt_matches,
+            password,
+            self._dummy if hashed is None else hashed,
+            wanted,
         )
         if not (matches and hashed is not None):
             return False
@@ -329,7 +348,14 @@ class BasicAuth:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer 401 unless the request carries valid credentials."""
-        if request.path in PUBLIC_PATHS or await self.check(request.headers.get("Authorization")):
+
+        def connected() -> bool:
+            transport = request.transport
+            return transport is not None and not transport.is_closing()
+
+        if request.path in PUBLIC_PATHS or await self.check(
+            request.headers.get("Authorization"), connected
+        ):
             return await handler(request)
         return web.Response(
             status=401,
