@@ -269,14 +269,26 @@ SELECT setval('invoice_numbers', 32100);
 
 CREATE TABLE locked_jobs (id int PRIMARY KEY, runs int NOT NULL);
 INSERT INTO locked_jobs VALUES (1, 0);
+
+-- Half its rows are deleted once the scenario's sessions hold back the xmin horizon
+-- (SCENARIO_DEAD_ROWS): dead tuples that autovacuum and autoanalyze both reach and neither can
+-- clear, so the vacuum status panels always have a table among the top ones by dead tuples
+-- with autovacuum and autoanalyze times. (The others are analyzed by hand, left to
+-- autovacuum's whim, or cleared by it.)
+CREATE TABLE ticket_views (id int PRIMARY KEY, ticket_id int NOT NULL);
+INSERT INTO ticket_views SELECT g, 1 + g % 3000 FROM generate_series(1, 1000) g;
 """
 
 
 #: Run one by one: VACUUM cannot run in the implicit transaction of a multi-statement string.
 SCENARIO_MAINTENANCE = (
     "VACUUM ANALYZE tickets",
-    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats, ticket_archive",
+    "ANALYZE organizations, users, comments, audit_logs, mv_dashboard_stats, ticket_archive,"
+    " ticket_views",
 )
+#: Run once the sessions are in place: 500 dead rows (above autovacuum's 50 + 20 % of 1000, and
+#: autoanalyze's 50 + 10 %) that stay dead while the sessions hold the horizon.
+SCENARIO_DEAD_ROWS = "DELETE FROM ticket_views WHERE id % 2 = 0"
 
 
 APPLICATION_PREFIX = "pghe-scenario-"
@@ -377,6 +389,9 @@ class Scenario:
             )
 
         wait_for("the scenario's sessions", in_place, timeout=15)
+        with connect(dsn) as conn:
+            conn.execute(SCENARIO_DEAD_ROWS)
+            flush_stats(conn)
 
     def _session(self, name: str, statement: str, *, repeat: bool = False) -> None:
         dsn = self.admin(self.database)
