@@ -32,7 +32,7 @@ from tests.seed_jobs_support import (
     build_seed_problems,
     fix_seed_problems,
 )
-from tests.support import Server, free_port
+from tests.support import Server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -91,8 +91,9 @@ async def test_the_page_shows_both_problems_red_then_green(
         include_databases=[f"^{database}$"],
     )
     app = build_app(watcher.target.settings, Fleet(default=watcher.target, named={}))
-    port = free_port()
-    async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as client:
+    # Port 0: the server binds a free port itself (one found free beforehand may be taken).
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        port = client.port
         # Prometheus scrapes; four of the view's intervals pass without a refresh; it scrapes.
         await client.get("/metrics")
         await asyncio.sleep(4.2)

@@ -7,6 +7,7 @@ each honoured; what Python's ssl cannot do is refused by name in one line.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,10 +70,12 @@ async def serve(pki: Path, tmp_path: Path) -> AsyncIterator[Serve]:
         runner = web.AppRunner(app)
         await runner.setup()
         runners.append(runner)
-        port = free_port()
         context = ssl_context(web_config.tls_server_config, path)
-        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-        return port
+        # Bound here to port 0: a port found free beforehand may be taken before the bind.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, sock, ssl_context=context).start()
+        return int(sock.getsockname()[1])
 
     yield start
     for runner in runners:
