@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -9,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,36 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def serve_on_a_free_port(
+    start: Callable[[int], subprocess.Popen[bytes]], log_of: Callable[[int], Path]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an exporter with ``start(port)`` on a free port; return it and the port it serves.
+
+    Ready when its log (``log_of(port)``) says it serves on that port. When another process
+    took the port first, the exporter exits saying so, and it is started again on another.
+    """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        process = start(port)
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                text = log_of(port).read_text(encoding="utf-8", errors="replace")
+            if any("serving on" in line and f":{port}/" in line for line in text.splitlines()):
+                return process, port
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+        else:
+            _stop(process)
+            raise AssertionError(f"exporter did not serve within 30 s:\n{text}")
+        taken = f"cannot listen on 127.0.0.1:{port}: address already in use" in text
+        if not taken or attempt == PORT_ATTEMPTS:
+            raise AssertionError(f"exporter exited with {process.returncode}:\n{text}")
+    raise AssertionError("unreachable")
 
 
 @contextmanager

@@ -58,6 +58,7 @@ from tests.dashboards_support import (
     substitute,
     variable_queries,
 )
+from tests.process import serve_on_a_free_port
 from tests.support import connect, find_tool, free_port, needs_tool, wait_for
 
 PROMETHEUS = find_tool("prometheus") or "/usr/bin/prometheus"
@@ -373,13 +374,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         collectors = tmp / "collectors"
         collectors.mkdir()
         (collectors / "failing.toml").write_text(FAILING_COLLECTOR)
-        exporter_port = free_port()
         monitor = f"host=127.0.0.1 dbname=postgres user={MONITOR}"
-        config = tmp / "exporter.toml"
-        config.write_text(
-            f"""
+        gone_port = free_port()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PG", "DATA_SOURCE_NAME")) or k == "PG_BIN"
+        }
+        env["PG_EXPORTER_LONG_QUERY_THRESHOLD_SECONDS"] = "2"
+
+        def start_exporter(port: int) -> subprocess.Popen[bytes]:
+            config = tmp / f"exporter-{port}.toml"
+            config.write_text(
+                f"""
 data_source_name = "{monitor} port={primary.port}"
-listen_address = "127.0.0.1:{exporter_port}"
+listen_address = "127.0.0.1:{port}"
 collector_dirs = ["{collectors}"]
 scrape_timeout_margin_seconds = 0.1
 
@@ -391,25 +400,23 @@ type = "pgbouncer"
 dsn = "host=127.0.0.1 port={bouncer_port} dbname=pgbouncer user={MONITOR}"
 
 [targets.gone]
-dsn = "{monitor} port={free_port()} connect_timeout=1"
+dsn = "{monitor} port={gone_port} connect_timeout=1"
 """
-        )
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("PG", "DATA_SOURCE_NAME")) or k == "PG_BIN"
-        }
-        env["PG_EXPORTER_LONG_QUERY_THRESHOLD_SECONDS"] = "2"
-        exporter_log = tmp / "exporter.log"
-        with exporter_log.open("wb") as log:
-            processes.append(
-                subprocess.Popen(
+            )
+            with (tmp / f"exporter-{port}.log").open("wb") as log:
+                process = subprocess.Popen(
                     [sys.executable, "-m", "exporter", "--config", str(config)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
                 )
-            )
+            processes.append(process)
+            return process
+
+        _, exporter_port = serve_on_a_free_port(
+            start_exporter, lambda port: tmp / f"exporter-{port}.log"
+        )
+        exporter_log = tmp / f"exporter-{exporter_port}.log"
         exporter_url = f"http://127.0.0.1:{exporter_port}"
         wait_until(
             "the exporter to serve",

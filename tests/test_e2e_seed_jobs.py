@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.process import serve_on_a_free_port
 from tests.seed_jobs_support import build_seed_problems, fix_seed_problems
 from tests.support import REPOSITORY, Server, connect, free_port
 
@@ -80,55 +81,61 @@ def stack(pg: Server, database: str, tmp_path: Path) -> Iterator[tuple[str, list
     """Start the exporter and Prometheus over the database; yield Prometheus's URL and logs."""
     build_seed_problems(pg.admin(database))
     processes: list[subprocess.Popen[bytes]] = []
-    exporter_port, prometheus_port = free_port(), free_port()
-    config = tmp_path / "exporter.toml"
-    config.write_text(
-        f'data_source_name = "{pg.monitor(database)}"\n'
-        f'listen_address = "127.0.0.1:{exporter_port}"\n'
-        'matview_refresh_interval = { "mv_dashboard_stats" = "1 second" }\n'
-        f'include_databases = ["^{database}$"]\n'
-    )
-    rules = []
-    for name in RULES:
-        data = yaml.safe_load((REPOSITORY / "dashboards" / name).read_text())
-        for group in data["groups"]:
-            for rule in group["rules"]:
-                if "for" in rule:
-                    rule["for"] = "1s"
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        rules.append(str(path))
-    prometheus_yml = tmp_path / "prometheus.yml"
-    prometheus_yml.write_text(
-        yaml.safe_dump(
-            {
-                "global": {
-                    "scrape_interval": "1s",
-                    "scrape_timeout": "1s",
-                    "evaluation_interval": "1s",
-                },
-                "rule_files": rules,
-                "scrape_configs": [
-                    {
-                        "job_name": "postgres",
-                        "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    logs = [tmp_path / "exporter.log", tmp_path / "prometheus.log"]
+    prometheus_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME"))}
-    try:
-        with logs[0].open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "exporter", "--config", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
+
+    def start_exporter(port: int) -> subprocess.Popen[bytes]:
+        config = tmp_path / f"exporter-{port}.toml"
+        config.write_text(
+            f'data_source_name = "{pg.monitor(database)}"\n'
+            f'listen_address = "127.0.0.1:{port}"\n'
+            'matview_refresh_interval = { "mv_dashboard_stats" = "1 second" }\n'
+            f'include_databases = ["^{database}$"]\n'
+        )
+        with (tmp_path / f"exporter-{port}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "exporter", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
+        processes.append(process)
+        return process
+
+    try:
+        _, exporter_port = serve_on_a_free_port(
+            start_exporter, lambda port: tmp_path / f"exporter-{port}.log"
+        )
+        rules = []
+        for name in RULES:
+            data = yaml.safe_load((REPOSITORY / "dashboards" / name).read_text())
+            for group in data["groups"]:
+                for rule in group["rules"]:
+                    if "for" in rule:
+                        rule["for"] = "1s"
+            path = tmp_path / name
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            rules.append(str(path))
+        prometheus_yml = tmp_path / "prometheus.yml"
+        prometheus_yml.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {
+                        "scrape_interval": "1s",
+                        "scrape_timeout": "1s",
+                        "evaluation_interval": "1s",
+                    },
+                    "rule_files": rules,
+                    "scrape_configs": [
+                        {
+                            "job_name": "postgres",
+                            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
+        logs = [tmp_path / f"exporter-{exporter_port}.log", tmp_path / "prometheus.log"]
         with logs[1].open("wb") as log:
             processes.append(
                 subprocess.Popen(
