@@ -69,6 +69,14 @@ class Catalog:
         )
 
 
+# Collectors merged into another, by their old name: a configuration that names one still
+# starts (their metrics kept their names in the collector that absorbed them).
+RETIRED_COLLECTORS: dict[str, str] = {
+    "table_io": "table_stats",
+    "autovacuum": "table_stats",
+}
+
+
 def load_collector_file(path: Path | str, text: str) -> CollectorSpec:
     """Parse and validate one collector file; raise CatalogError naming the file and field."""
     try:

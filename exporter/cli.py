@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from exporter import __version__
 from exporter.budget import check_thresholds
-from exporter.catalog import Catalog, load_catalog
+from exporter.catalog import RETIRED_COLLECTORS, Catalog, load_catalog
 from exporter.compat import POSTGRES_EXPORTER_COLLECTORS
 from exporter.errors import ConfigError, ExporterError
 from exporter.fleet import Fleet, build_fleet
@@ -242,7 +242,15 @@ def load(
         ("disabled_collectors", "no-collector"),
         ("enabled_collectors", "collector"),
     ):
-        unknown = sorted(set(getattr(settings, setting)) - set(catalog.sources))
+        named = set(getattr(settings, setting))
+        for retired in sorted(named & RETIRED_COLLECTORS.keys() - set(catalog.sources)):
+            log.warning(
+                "%s: collector %r is now part of %r (its metrics kept their names); ignored",
+                setting,
+                retired,
+                RETIRED_COLLECTORS[retired],
+            )
+        unknown = sorted(named - set(catalog.sources) - RETIRED_COLLECTORS.keys())
         if unknown:
             where = (
                 f"--{flag}.{unknown[0]}"

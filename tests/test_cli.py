@@ -109,3 +109,13 @@ def test_the_example_config_documents_every_setting() -> None:
             or f"# [{name}]\n" in text
             or (name == "targets" and "[targets." in text)
         ), f"config.example.toml does not document {name}"
+
+
+def test_a_retired_collector_name_still_starts(tmp_path: Path) -> None:
+    # table_io and autovacuum were merged into table_stats: a configuration from before still
+    # passes, with one warning naming where the metrics went.
+    config = tmp_path / "config.toml"
+    config.write_text("disabled_collectors = ['table_io', 'autovacuum']\n")
+    result = run("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "'table_io' is now part of 'table_stats'" in result.stderr
