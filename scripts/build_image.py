@@ -24,6 +24,10 @@ of the checkout that git tracks or would, the commit, the base image's id); when
 under the tag was built from the same digest, nothing is built. The test suite runs once
 per PostgreSQL major and uses this so that one CI run builds the image once.
 
+One build at a time on a machine (a lock in the cache directory): builds sharing buildah's
+storage at once removed each other's containers and layers. Each image is labelled with its
+checkout; images of checkouts that no longer exist are removed before a build.
+
 Prints the image name on stdout; progress on stderr. Needs root (buildah with vfs storage,
 debootstrap). Exit status 1 on failure.
 """
@@ -53,6 +57,8 @@ BASE_PACKAGES = ("python3", "python3-venv")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_IN_BUILD = "/run/host-ca.crt"
 DIGEST_LABEL = "io.pg-health-exporter.context-digest"
+#: The checkout an image was built from: once that directory is gone, so is the image.
+CHECKOUT_LABEL = "io.pg-health-exporter.checkout"
 #: Global options of every buildah call: no fuse-overlayfs or kernel overlay needed.
 BUILDAH = ("buildah", "--storage-driver", "vfs")
 
@@ -242,6 +248,7 @@ def build(tag: str, base: str, *, reuse: bool) -> str:
             *volumes,
             *(f"--build-arg={key}={value}" for key, value in build_args.items()),
             f"--label={DIGEST_LABEL}={digest or 'none'}",
+            f"--label={CHECKOUT_LABEL}={ROOT}",
             "-f",
             str(ROOT / "Dockerfile"),
             "-t",
@@ -263,6 +270,35 @@ def _labels(inspected: dict[str, object]) -> dict[str, str]:
         return {}
     labels = config.get("config", {}).get("Labels") or {}
     return {str(key): str(value) for key, value in labels.items()}
+
+
+def prune_vanished_checkouts() -> None:
+    """Remove the images built from checkouts that no longer exist (CI clones, say).
+
+    Each checkout tags its own image (tests/test_image.py); with vfs storage each is a full
+    copy, so without this the disk fills one clone at a time. An image in use stays.
+    """
+    listing = subprocess.run(
+        [*BUILDAH, "images", "--format", "{{.ID}} {{.Name}}:{{.Tag}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in listing.stdout.splitlines():
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].startswith(f"{DEFAULT_REPOSITORY}:"):
+            continue
+        image, name = fields
+        checkout = subprocess.run(
+            [*BUILDAH, "inspect", "--type", "image", "--format",
+             f'{{{{index .OCIv1.Config.Labels "{CHECKOUT_LABEL}"}}}}', image],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()  # fmt: skip
+        if checkout.startswith("/") and not Path(checkout).exists():
+            log(f"removing {name}: its checkout {checkout} is gone")
+            subprocess.run([*BUILDAH, "rmi", name], capture_output=True, check=False)
 
 
 @contextlib.contextmanager
@@ -297,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         with machine_lock():
+            prune_vanished_checkouts()
             base = options.base or ensure_base()
             tag = options.tag or f"{DEFAULT_REPOSITORY}:{project_version()}"
             print(build(tag, base, reuse=options.reuse))
