@@ -25,7 +25,13 @@ from exporter.compat import POSTGRES_EXPORTER_COLLECTORS
 from exporter.errors import ConfigError, ExporterError
 from exporter.fleet import Fleet, build_fleet
 from exporter.logs import configure_logging
-from exporter.settings import LOG_LEVELS, Settings, listen_host_port, load_settings
+from exporter.settings import (
+    LOG_LEVELS,
+    Settings,
+    listen_host_port,
+    load_auth_modules_file,
+    load_settings,
+)
 from exporter.webconfig import WebConfig, load_web_config, ssl_context
 
 log = logging.getLogger("exporter")
@@ -63,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         type=Path,
         help="TLS and basic auth settings (exporter-toolkit's web config format)",
+    )
+    parser.add_argument(
+        "--config.file",
+        dest="auth_modules_file",
+        type=Path,
+        help="postgres_exporter's YAML with auth_modules for /probe (added to the settings')",
     )
     parser.add_argument(
         "--web.telemetry-path",
@@ -204,6 +216,7 @@ def load(
     extend_query_path: Path | None = None,
     *,
     dsn: str | None = None,
+    auth_modules_file: Path | None = None,
     collectors: CollectorFlags = CollectorFlags(),
     **flags: Any,
 ) -> Loaded:
@@ -223,6 +236,11 @@ def load(
     if dsn is not None:
         overrides["data_source_name"] = dsn
     settings = load_settings(config, **overrides)
+    if auth_modules_file is not None:
+        from_file = load_auth_modules_file(auth_modules_file)
+        settings = settings.model_copy(
+            update={"auth_modules": {**settings.auth_modules, **from_file}}
+        )
     configure_logging(settings.log_level, settings.log_format)
     on, off = _our_names(collectors.enabled), _our_names(collectors.disabled)
     if on or off:
@@ -315,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options: dict[str, Any] = dict(
             extend_query_path=args.extend_query_path,
             dsn=args.dsn,
+            auth_modules_file=args.auth_modules_file,
             collectors=collector_flags,
             telemetry_path=args.telemetry_path,
             log_level=args.log_level,

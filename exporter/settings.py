@@ -652,6 +652,45 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
 
 
+def load_auth_modules_file(path: Path) -> dict[str, AuthModule]:
+    """Read postgres_exporter's --config.file (YAML with `auth_modules`); raise ConfigError.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+    ...     _ = f.write("auth_modules:\\n  m:\\n    type: userpass\\n"
+    ...                 "    userpass: {username: u, password: p}\\n")
+    ...     f.flush()
+    ...     load_auth_modules_file(Path(f.name))["m"].userpass.username
+    'u'
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(read_text_file(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping with auth_modules")
+    unknown = sorted(str(key) for key in document if key != "auth_modules")
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key (only auth_modules is read)")
+    modules = document.get("auth_modules") or {}
+    if not isinstance(modules, dict):
+        raise ConfigError(f"{path}: auth_modules: expected a mapping of names to modules")
+    parsed: dict[str, AuthModule] = {}
+    for name, body in modules.items():
+        try:
+            parsed[str(name)] = AuthModule.model_validate(body)
+        except ValidationError as exc:
+            problem = describe_validation_error(exc)
+            raise ConfigError(f"{path}: auth_modules: {name}.{problem}") from None
+    return parsed
+
+
 def read_text_file(path: Path, error: type[ExporterError] = ConfigError) -> str:
     """Return a UTF-8 file's text; raise `error` with one line saying why it cannot be read."""
     try:
