@@ -262,6 +262,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """Write a one-day self-signed certificate for 127.0.0.1 into ``directory``.
+
+    Return (certificate, key); skip the calling test without openssl.
+    """
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def promtool(
     *args: str, page: str | None = None, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,7 @@ from tests.support import (
     Scrape,
     Server,
     free_port,
-    require_tool,
+    self_signed_cert,
 )
 
 
@@ -232,13 +232,7 @@ def exporter_process(tmp_path: Path) -> Iterator[Any]:
 
 
 async def test_tls_from_the_web_config(pg: Server, tmp_path: Path, exporter_process: Any) -> None:
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     web = tmp_path / "web.yml"
     web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
     _, port, _ = exporter_process({"DATA_SOURCE_NAME": pg.monitor()}, "--web.config.file", str(web))

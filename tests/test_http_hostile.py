@@ -6,7 +6,6 @@ import asyncio
 import base64
 import resource
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from aiohttp import web
 
 from exporter.webconfig import BasicAuth, bcrypt_cost
 from tests.process import ExporterProcess, exporter_process
-from tests.support import Server, require_tool
+from tests.support import Server, self_signed_cert
 
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -333,13 +332,7 @@ async def test_clients_that_never_finish_a_tls_handshake_cannot_take_the_port(
     Under a 512 open-file limit the bound comes down to 88 (512 less what is kept back);
     1,100 clients that connect and never start a handshake must not exhaust the rest.
     """
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     web_config = tmp_path / "web.yml"
     web_config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
     with exporter_process(
