@@ -173,6 +173,21 @@ FLOOD_ADDRESS = "127.0.0.2"
 SLOW_HEAD = b"GET /metrics HTTP/1.1\r\nHost: exporter\r\nX-Slow: " + b"a" * 4000
 
 
+async def flood_connection(port: int) -> socket.socket | None:
+    """Open a non-blocking connection from FLOOD_ADDRESS to the exporter; None when refused."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.bind((FLOOD_ADDRESS, 0))
+    try:
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 5
+        )
+    except (OSError, TimeoutError):
+        sock.close()
+        return None
+    return sock
+
+
 async def slow_clients(port: int, count: int, seconds: float) -> int:
     """Keep `count` connections sending SLOW_HEAD a byte a second; reopen the ones closed.
 
@@ -183,15 +198,9 @@ async def slow_clients(port: int, count: int, seconds: float) -> int:
     reopened = 0
 
     async def connect() -> None:
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.bind((FLOOD_ADDRESS, 0))
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), 5)
-        except (OSError, TimeoutError):
-            sock.close()
-            return
-        clients[sock] = 0
+        sock = await flood_connection(port)
+        if sock is not None:
+            clients[sock] = 0
 
     deadline = loop.time() + seconds
     while loop.time() < deadline:
@@ -293,15 +302,9 @@ async def silent_clients(port: int, count: int, seconds: float) -> int:
     reopened = 0
 
     async def connect() -> None:
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.bind((FLOOD_ADDRESS, 0))
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), 5)
-        except (OSError, TimeoutError):
-            sock.close()
-            return
-        clients.add(sock)
+        sock = await flood_connection(port)
+        if sock is not None:
+            clients.add(sock)
 
     deadline = loop.time() + seconds
     while loop.time() < deadline:
