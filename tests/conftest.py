@@ -21,7 +21,14 @@ from exporter.catalog import CollectorSpec
 from exporter.localpg import LocalPostgres
 from exporter.server import build_app
 from exporter.target import Target
-from tests.support import AppExporter, ExporterFactory, Server, make_settings, prepare_server
+from tests.support import (
+    AppExporter,
+    ExporterFactory,
+    Server,
+    drop_databases,
+    make_settings,
+    prepare_server,
+)
 
 
 def _docker_engine_answers() -> bool:
@@ -81,11 +88,7 @@ def database(pg: Server) -> Iterator[str]:
     with psycopg.connect(pg.admin(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield name
-    with psycopg.connect(pg.admin(), autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    drop_databases(pg, [name])
 
 
 _application_numbers = itertools.count(1)

@@ -22,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,13 +158,18 @@ def extra_databases(pg: Server, *names: str) -> Iterator[list[str]]:
                 created.append(name)
         yield created
     finally:
-        with psycopg.connect(pg.admin(), autocommit=True) as conn:
-            for name in created:
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (name,),
-                )
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        drop_databases(pg, created)
+
+
+def drop_databases(pg: Server, names: Iterable[str]) -> None:
+    """End the sessions on each database of ``names`` and drop it (if it exists)."""
+    with psycopg.connect(pg.admin(), autocommit=True) as conn:
+        for name in names:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 # ========================================================================= ports, waiting

@@ -32,6 +32,7 @@ from tests.support import (
     MONITOR_ROLE,
     Server,
     assert_promtool_accepts,
+    drop_databases,
     make_settings,
     monitor_dsn,
     prepare_server,
@@ -184,13 +185,7 @@ def hostile(pg: Server) -> Iterator[Hostile]:
             }
         yield Hostile(made, main, tables, indexes, sequences)
     finally:
-        with psycopg.connect(pg.admin(), autocommit=True) as conn:
-            for name in made:
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (name,),
-                )
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(_identifier(name)))
+        drop_databases(pg, made)
 
 
 @dataclass(frozen=True)
