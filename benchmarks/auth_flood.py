@@ -32,7 +32,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import aiohttp
 import bcrypt
+from load_test import free_port, wait_until_serving
 
 from exporter.localpg import LocalPostgres
 
@@ -75,28 +75,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def basic(user: str, password: str) -> str:
     """Return an Authorization header value."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_until_serving(url: str, process: asyncio.subprocess.Process) -> None:
-    """Wait up to 60 s for /healthz to answer; fail early if the process exits."""
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.returncode is not None:
-                raise RuntimeError(f"the exporter exited with status {process.returncode}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the exporter did not answer /healthz within 60 s")
 
 
 async def scrapes(url: str, count: int) -> list[float]:
