@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from tests.support import MONITOR_ROLE, Scrape, Server, connect, flush_stats, scrape_async
+from tests.support import MONITOR_ROLE, Scrape, Server, connect, flush_stats, scrape_async, wait_for
 
 
 async def test_every_collector_runs_without_error(pg: Server, database: str) -> None:
@@ -132,14 +132,15 @@ async def test_long_running_query_is_counted_and_listed(pg: Server, database: st
     try:
         # Scrape once the sleep has run past the 1 s threshold, as the server itself sees it.
         with connect(pg.admin()) as watcher:
-            deadline = time.monotonic() + 30
-            while not watcher.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
-                " AND query LIKE '%%pg_sleep%%' AND now() - query_start > interval '1.2 s'",
-                (pid,),
-            ).fetchone():
-                assert time.monotonic() < deadline, "the sleeping query never showed as active"
-                time.sleep(0.05)
+            wait_for(
+                "the sleeping query to show as active for 1.2 s",
+                lambda: watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
+                    " AND query LIKE '%%pg_sleep%%' AND now() - query_start > interval '1.2 s'",
+                    (pid,),
+                ).fetchone(),
+                timeout=30,
+            )
             result = await scrape_async(pg.monitor(database), long_query_threshold_seconds=1)
     finally:
         with connect(pg.admin()) as canceller:

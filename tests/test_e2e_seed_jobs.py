@@ -29,7 +29,7 @@ import yaml
 
 from tests.process import serve_on_a_free_port
 from tests.seed_jobs_support import build_seed_problems, fix_seed_problems
-from tests.support import REPOSITORY, Server, connect, free_port
+from tests.support import REPOSITORY, Server, connect, free_port, wait_for
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 RULES = ("recording.yml", "alerts.yml")
@@ -51,18 +51,12 @@ def http_json(url: str) -> Any:
 
 def until(what: str, check: Callable[[], Any], seconds: float, logs: list[Path]) -> Any:
     """Return check()'s first truthy answer; fail with the logs' tails after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:  # not listening yet
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})\n{tails}")
+    try:
+        # OSError: not listening yet.
+        return wait_for(what, check, timeout=seconds, interval=0.5, ignore=(OSError,))
+    except AssertionError as exc:
+        tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
+        pytest.fail(f"{exc}\n{tails}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -38,6 +38,7 @@ from tests.support import (
     find_tool,
     free_port,
     missing_tool,
+    wait_for_async,
 )
 
 PGBOUNCER_BIN = os.environ.get("PGBOUNCER_BIN") or find_tool("pgbouncer")
@@ -277,15 +278,12 @@ async def _show_pools(dsn: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 async def _wait_for_waiting_clients(bouncer: Bouncer, count: int) -> None:
     """Wait until PgBouncer queues `count` clients of the app pool (bounded)."""
-    deadline = time.monotonic() + 15
-    seen: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    async def queued() -> bool:
         pools = await _show_pools(bouncer.dsn("pgbouncer", MONITOR_USER, MONITOR_PASSWORD))
-        seen = pools.get(("app", bouncer.server_user), {})
-        if seen.get("cl_waiting") == count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {count} waiting clients, PgBouncer shows {seen}")
+        return pools.get(("app", bouncer.server_user), {}).get("cl_waiting") == count
+
+    await wait_for_async(f"{count} waiting clients in PgBouncer's app pool", queued, timeout=15)
 
 
 async def test_waiting_clients_and_pool_saturation(bouncer: Bouncer, exporter: Exporter) -> None:
