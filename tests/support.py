@@ -276,6 +276,8 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     subprocess.run(
         [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         # Its own CA too: Python 3.13's strict verification wants the key usage said.
+         "-addext", "keyUsage=critical,keyCertSign,digitalSignature,keyEncipherment",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip

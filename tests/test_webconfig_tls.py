@@ -37,10 +37,14 @@ def _openssl(*args: str, cwd: Path) -> None:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1, a client certificate, and a stranger's."""
     d = tmp_path_factory.mktemp("pki")
+    # The extensions Python 3.13's strict verification (VERIFY_X509_STRICT) asks for.
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
-    for name, extension in [("server", "subjectAltName=IP:127.0.0.1"),
-                            ("client", "extendedKeyUsage=clientAuth")]:  # fmt: skip
+    leaf = "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid,issuer\n"
+    for name, extension in [("server", leaf + "subjectAltName=IP:127.0.0.1"),
+                            ("client", leaf + "extendedKeyUsage=clientAuth")]:  # fmt: skip
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
                  "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
         (d / f"{name}.ext").write_text(extension + "\n")
@@ -48,6 +52,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext",
                  "-out", f"{name}.crt", cwd=d)  # fmt: skip
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=stranger",
+             "-addext", "keyUsage=critical,keyCertSign,digitalSignature,keyEncipherment",
              "-keyout", "stranger.key", "-out", "stranger.crt", cwd=d)  # fmt: skip
     return d
 
