@@ -219,6 +219,21 @@ async def slow_clients(port: int, count: int, seconds: float) -> int:
     return reopened
 
 
+async def scrape_during(
+    exporter: ExporterProcess, flood: asyncio.Task[int]
+) -> tuple[list[tuple[int, bool]], list[int], int]:
+    """Scrape every 0.5 s until the flood ends; return (status, pg_up 1) per scrape, the
+    exporter's open files after each, and the flood's count of reopened connections."""
+    scrapes: list[tuple[int, bool]] = []
+    open_files: list[int] = []
+    while not flood.done():
+        status, _, body = await asyncio.to_thread(exporter.get, "/metrics", timeout=10)
+        scrapes.append((status, b"\npg_up 1\n" in body))
+        open_files.append(exporter.open_files())
+        await asyncio.sleep(0.5)
+    return scrapes, open_files, await flood
+
+
 @pytest.fixture
 def many_open_files() -> Iterator[None]:
     """Let this process open a few thousand sockets (a fresh machine's soft limit is 1,024)."""
@@ -239,14 +254,7 @@ async def test_slow_clients_cannot_take_the_port(
     env = {"PG_EXPORTER_PROFILE": "minimal"}
     with exporter_process(tmp_path, dsn=pg.monitor(), env=env, open_files=1024) as exporter:
         flood = asyncio.create_task(slow_clients(exporter.port, 1100, seconds=12))
-        scrapes: list[tuple[int, bool]] = []
-        open_files: list[int] = []
-        while not flood.done():
-            status, _, body = await asyncio.to_thread(exporter.get, "/metrics", timeout=10)
-            scrapes.append((status, b"\npg_up 1\n" in body))
-            open_files.append(exporter.open_files())
-            await asyncio.sleep(0.5)
-        reopened = await flood
+        scrapes, open_files, reopened = await scrape_during(exporter, flood)
         log = exporter.log()
         assert exporter.get("/metrics")[0] == 200
     assert reopened > 100  # the bound was hit: the exporter closed slow clients to make room
@@ -347,14 +355,7 @@ async def test_clients_that_never_finish_a_tls_handshake_cannot_take_the_port(
         tls_ca=cert,
     ) as exporter:
         flood = asyncio.create_task(silent_clients(exporter.port, 1100, seconds=12))
-        scrapes: list[tuple[int, bool]] = []
-        open_files: list[int] = []
-        while not flood.done():
-            status, _, body = await asyncio.to_thread(exporter.get, "/metrics", timeout=10)
-            scrapes.append((status, b"\npg_up 1\n" in body))
-            open_files.append(exporter.open_files())
-            await asyncio.sleep(0.5)
-        reopened = await flood
+        scrapes, open_files, reopened = await scrape_during(exporter, flood)
         log = exporter.log()
     assert reopened > 100
     assert len(scrapes) >= 5
