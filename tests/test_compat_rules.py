@@ -9,6 +9,7 @@ and a live scrape shows every series the rules and the mixin's panels read.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,17 @@ def test_every_mixin_alert_fires_from_our_metrics() -> None:
 def test_every_name_the_mixin_reads_is_recorded_or_ours() -> None:
     missing = _mixin_names() - set(_recorded()) - _ours()
     assert not missing, sorted(missing)
+
+
+def test_every_lock_mode_we_emit_is_spelled_as_postgres_exporter_spells_it() -> None:
+    """pg_locks_count lower-cases each mode the locks collector emits, and no other."""
+    locks = next(spec for spec in CATALOG.collectors if spec.name == "locks")
+    emitted = {
+        mode for variant in locks.variants for mode in re.findall(r"\('(\w+Lock)'\)", variant.sql)
+    }
+    assert len(emitted) == 8, emitted
+    replaced = re.findall(r'"mode", "(\w+)", "mode", "(\w+)"', _recorded()["pg_locks_count"])
+    assert {ours: theirs for theirs, ours in replaced} == {mode: mode.lower() for mode in emitted}
 
 
 def test_the_rules_read_only_metrics_we_emit() -> None:
