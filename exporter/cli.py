@@ -53,6 +53,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pg-health-exporter",
+        # As kingpin (postgres_exporter's parser): a flag is given whole, never abbreviated;
+        # `--collector.stat_statements` must not read as the start of a longer flag.
+        allow_abbrev=False,
         description="Prometheus exporter for PostgreSQL health.",
         epilog="Also --collector.NAME and --no-collector.NAME to run or leave out a collector"
         " by name (ours, or postgres_exporter's equivalent).",
@@ -113,6 +116,57 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="accepted for postgres_exporter's deployments: databases are always discovered",
+    )
+    parser.add_argument(
+        "--disable-settings-metrics",
+        dest="disable_settings_metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave out the settings collector (postgres_exporter 0.11's flag)",
+    )
+    parser.add_argument(
+        "--metric-prefix",
+        dest="metric_prefix",
+        help="accepted for postgres_exporter's deployments: only its default, pg",
+    )
+    parser.add_argument(
+        "--collection-timeout",
+        dest="scrape_timeout_seconds",
+        help="a scrape's time limit when Prometheus sends none (Go duration, e.g. 10s)",
+    )
+    parser.add_argument(
+        "--collector.stat_statements.include_query",
+        dest="query_text",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="publish statement text (redacted) in pg_stat_statements_query_info",
+    )
+    parser.add_argument(
+        "--collector.stat_statements.query_length",
+        dest="query_text_max_length",
+        type=int,
+        help="cut statement text after this many characters",
+    )
+    parser.add_argument(
+        "--collector.stat_statements.limit",
+        dest="statements_top_n",
+        type=int,
+        help="statements kept by each ranking (total time, calls, mean time)",
+    )
+    parser.add_argument(
+        "--collector.stat_statements.exclude_databases",
+        dest="statements_exclude_databases",
+        help="comma-separated database names whose statements are left out",
+    )
+    parser.add_argument(
+        "--collector.stat_statements.exclude_users",
+        dest="statements_exclude_users",
+        help="comma-separated role names whose statements are left out",
+    )
+    parser.add_argument(
+        "--dumpmaps",
+        action="store_true",
+        help="print the metric reference of the loaded collectors (yours included) and exit",
     )
     parser.add_argument(
         "--constantLabels",
@@ -243,6 +297,8 @@ def load(
         )
     configure_logging(settings.log_level, settings.log_format)
     on, off = _our_names(collectors.enabled), _our_names(collectors.disabled)
+    if settings.disable_settings_metrics:
+        off.append("settings")
     if on or off:
         settings = settings.model_copy(
             update={
@@ -318,6 +374,32 @@ def serve(loaded: Loaded, rebuild: Callable[[], Fleet] | None = None) -> None:
     )
 
 
+def load_options(args: argparse.Namespace, collectors: CollectorFlags) -> dict[str, Any]:
+    """Return `load`'s keyword arguments for the parsed command line."""
+    return dict(
+        extend_query_path=args.extend_query_path,
+        dsn=args.dsn,
+        auth_modules_file=args.auth_modules_file,
+        collectors=collectors,
+        telemetry_path=args.telemetry_path,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        disable_default_metrics=args.disable_default_metrics,
+        auto_discover_databases=args.auto_discover_databases,
+        exclude_databases=args.exclude_databases,
+        include_databases=args.include_databases,
+        const_labels=args.const_labels,
+        disable_settings_metrics=args.disable_settings_metrics,
+        metric_prefix=args.metric_prefix,
+        scrape_timeout_seconds=args.scrape_timeout_seconds,
+        query_text=args.query_text,
+        query_text_max_length=args.query_text_max_length,
+        statements_top_n=args.statements_top_n,
+        statements_exclude_databases=args.statements_exclude_databases,
+        statements_exclude_users=args.statements_exclude_users,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args, collector_flags = parse_args(argv)
@@ -330,20 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dsn is not None and args.command != "report":
             raise ExporterError("--dsn: only for the report command")
         arguments = (args.config, args.listen_address, args.web_config_file)
-        options: dict[str, Any] = dict(
-            extend_query_path=args.extend_query_path,
-            dsn=args.dsn,
-            auth_modules_file=args.auth_modules_file,
-            collectors=collector_flags,
-            telemetry_path=args.telemetry_path,
-            log_level=args.log_level,
-            log_format=args.log_format,
-            disable_default_metrics=args.disable_default_metrics,
-            auto_discover_databases=args.auto_discover_databases,
-            exclude_databases=args.exclude_databases,
-            include_databases=args.include_databases,
-            const_labels=args.const_labels,
-        )
+        options = load_options(args, collector_flags)
         loaded = load(*arguments, **options)
         settings = loaded.settings
         if args.command == "report":
@@ -360,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             sys.stdout.write(text)
             return status
+        if args.dumpmaps:
+            from exporter.reference import render
+
+            sys.stdout.write(render(loaded.catalog))
+            return 0
         if args.command == "check-config":
             selected = loaded.catalog.selected(
                 profile=settings.profile,

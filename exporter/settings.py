@@ -230,6 +230,8 @@ class Settings(BaseSettings):
     profile: Profile = "standard"
     # postgres_exporter's --disable-default-metrics: only the user's own collectors run.
     disable_default_metrics: bool = False
+    # postgres_exporter 0.11's --disable-settings-metrics: leaves out the settings collector.
+    disable_settings_metrics: bool = False
     # Accepted for postgres_exporter's deployments; every database is always discovered here.
     auto_discover_databases: bool = True
     disabled_collectors: CommaList = []
@@ -251,6 +253,11 @@ class Settings(BaseSettings):
     top_n: int = Field(default=20, ge=1, le=1000)
     query_text: bool = True
     query_text_max_length: int = Field(default=200, ge=1, le=100_000)
+    #: The statements collector's own top N (None: top_n), and statements left out of it by
+    #: database or role name (postgres_exporter's --collector.stat_statements.* flags).
+    statements_top_n: int | None = Field(default=None, ge=1, le=10_000)
+    statements_exclude_databases: CommaList = []
+    statements_exclude_users: CommaList = []
     #: Retention window per partitioned table: pattern -> interval, first match wins. A pattern
     #: with a dot matches "schema.table", without one the table name in any schema; * and ?
     #: are wildcards. Tables no pattern matches get partition_retention_default.
@@ -322,6 +329,8 @@ class Settings(BaseSettings):
         "exclude_schemas",
         "include_tables",
         "exclude_tables",
+        "statements_exclude_databases",
+        "statements_exclude_users",
         mode="before",
     )
     @classmethod
@@ -494,6 +503,9 @@ class Settings(BaseSettings):
         return {
             "long_query_threshold_seconds": self.long_query_threshold_seconds,
             "top_n": self.top_n,
+            "statements_top_n": self.statements_top_n or self.top_n,
+            "statements_exclude_databases": list(self.statements_exclude_databases),
+            "statements_exclude_users": list(self.statements_exclude_users),
             "partition_retention": json.dumps(
                 object_rules(self.partition_retention, self.partition_retention_default)
             ),

@@ -229,6 +229,34 @@ async def test_statements_text_settings(pg: Server, database: str) -> None:
     assert not none.find("pg_stat_statements_query_info")
 
 
+async def test_statements_exclusions_and_own_top_n(pg: Server, database: str) -> None:
+    # postgres_exporter's --collector.stat_statements.{limit,exclude_users,exclude_databases}.
+    with connect(pg.admin(database)) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
+        conn.execute("CREATE TABLE t (id int)")
+        conn.execute("SELECT count(*) FROM t WHERE id > 1")
+    with connect(pg.monitor(database)) as conn:
+        conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'by the monitor'")
+
+    def users(result: Scrape) -> set[str]:
+        calls = result.find("pg_stat_statements_calls_total", datname=database)
+        return {series.labels["usename"] for series in calls}
+
+    everyone = await scrape_async(pg.monitor(database))
+    assert {"postgres", MONITOR_ROLE} <= users(everyone)
+    no_admin = await scrape_async(pg.monitor(database), statements_exclude_users=["postgres"])
+    assert "postgres" not in users(no_admin) and MONITOR_ROLE in users(no_admin)
+    elsewhere = await scrape_async(pg.monitor(database), statements_exclude_databases=[database])
+    assert not elsewhere.find("pg_stat_statements_calls_total", datname=database)
+    assert elsewhere.collector_errors() == {}
+    # Its own N, over top_n: at most 3 x 2 statements (three rankings), though the scrapes
+    # above left more than that (the exporter's own queries are statements too).
+    assert len(everyone.find("pg_stat_statements_calls_total")) > 6
+    few = await scrape_async(pg.monitor(database), top_n=50, statements_top_n=2)
+    assert 2 <= len(few.find("pg_stat_statements_calls_total")) <= 6
+
+
 async def test_statements_skipped_cleanly_without_the_extension(pg: Server, database: str) -> None:
     # The extension is installed in 'postgres' only; a target whose DSN points elsewhere skips.
     result = await scrape_async(pg.monitor(database))

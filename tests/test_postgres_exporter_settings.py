@@ -213,6 +213,39 @@ def test_collector_flags_choose_collectors() -> None:
     assert "bloat_tables" in names and "table_stats" in names
 
 
+def test_their_other_flags_map_onto_settings() -> None:
+    from exporter.cli import load, load_options, parse_args
+
+    args, flags = parse_args(
+        [
+            "--collector.stat_statements.limit=7",
+            "--no-collector.stat_statements.include_query",
+            "--collector.stat_statements.query_length", "50",
+            "--collector.stat_statements.exclude_databases=rdsadmin,template1",
+            "--collector.stat_statements.exclude_users=rdsadmin",
+            "--collector.stat_statements",  # their collector's name: ours is "statements"
+            "--disable-settings-metrics",
+            "--metric-prefix=pg",
+            "--collection-timeout=1m30s",
+        ]
+    )  # fmt: skip
+    settings = load(None, **load_options(args, flags)).settings
+    assert settings.statements_top_n == 7 and settings.sql_parameters()["statements_top_n"] == 7
+    assert settings.query_text is False and settings.query_text_max_length == 50
+    assert settings.statements_exclude_databases == ["rdsadmin", "template1"]
+    assert settings.statements_exclude_users == ["rdsadmin"]
+    assert "settings" in settings.disabled_collectors
+    assert settings.scrape_timeout_seconds == 90
+
+
+def test_dumpmaps_prints_the_metric_reference_and_exits() -> None:
+    result = run("--dumpmaps", "--extend.query-path", str(QUERIES))
+    assert result.returncode == 0, result.stderr
+    # Ours and the user's query file's, as postgres_exporter's --dumpmaps shows its maps.
+    assert "pg_stat_database_blks_hit_total" in result.stdout or "pg_up" in result.stdout
+    assert "pg_postmaster_start_time_seconds" in result.stdout
+
+
 # --- every malformed input: one line, exit status 2 ------------------------------------------
 
 
@@ -287,6 +320,10 @@ MALFORMED: list[tuple[list[str], dict[str, str], str]] = [
     (["--web.listen-address="], {}, "listen_address"),
     (["--config", "/proc/self/mem"], {}, "cannot read"),  # EIO, even for root
     (["--web.listen-address", "[::1"], {}, "listen_address"),
+    (["--collector.stat_statements.limit=lots"], {}, "--collector.stat_statements.limit"),
+    (["--collector.stat_statements.query_length=0"], {}, "query_text_max_length"),
+    (["--collection-timeout=soon"], {}, "scrape_timeout_seconds"),
+    (["--metric-prefix=postgres"], {}, "metric_prefix"),
 ]  # fmt: skip
 
 
