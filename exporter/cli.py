@@ -28,7 +28,7 @@ from exporter.logs import configure_logging
 from exporter.settings import (
     LOG_LEVELS,
     Settings,
-    listen_host_port,
+    listen_endpoints,
     load_auth_modules_file,
     load_settings,
 )
@@ -65,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--web.listen-address",
         dest="listen_address",
-        help="HOST:PORT to serve on (default :9187)",
+        action="append",
+        help="HOST:PORT to serve on (default :9187); repeat it to serve on several",
+    )
+    parser.add_argument(
+        "--web.systemd-socket",
+        dest="web_systemd_socket",
+        action="store_true",
+        default=None,
+        help="serve on the sockets systemd passes (socket activation) instead",
     )
     parser.add_argument(
         "--web.config.file",
@@ -338,13 +346,14 @@ def load(
 
 def serve(loaded: Loaded, rebuild: Callable[[], Fleet] | None = None) -> None:
     """Serve until interrupted; `rebuild` reads the configuration again (SIGHUP, /-/reload)."""
-    from exporter.httpserver import connection_limits, serve_forever
+    from exporter.httpserver import connection_limits, serve_forever, systemd_sockets
     from exporter.server import build_app
 
     settings, web_config = loaded.settings, loaded.web_config
     tls = web_config.tls_server_config if web_config else None
     context = ssl_context(tls, settings.web_config_file or Path()) if tls else None
-    host, port = listen_host_port(settings.listen_address)
+    sockets = systemd_sockets() if settings.web_systemd_socket else []
+    endpoints = [] if sockets else listen_endpoints(settings.listen_address)
     for target in loaded.fleet.all():
         log.info(
             "target %s (%s): %d collectors", target.name, target.public_dsn, len(target.collectors)
@@ -365,8 +374,8 @@ def serve(loaded: Loaded, rebuild: Callable[[], Fleet] | None = None) -> None:
     asyncio.run(
         serve_forever(
             app,
-            host=host,
-            port=port,
+            endpoints=endpoints,
+            sockets=sockets,
             ssl_context=context,
             limits=limits,
             metrics_path=settings.telemetry_path,
@@ -390,6 +399,7 @@ def load_options(args: argparse.Namespace, collectors: CollectorFlags) -> dict[s
         include_databases=args.include_databases,
         const_labels=args.const_labels,
         disable_settings_metrics=args.disable_settings_metrics,
+        web_systemd_socket=args.web_systemd_socket,
         metric_prefix=args.metric_prefix,
         scrape_timeout_seconds=args.scrape_timeout_seconds,
         query_text=args.query_text,
@@ -408,10 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from exporter.demo import run_demo
 
-            return run_demo(args.listen_address or "127.0.0.1:9187")
+            return run_demo(args.listen_address[0] if args.listen_address else "127.0.0.1:9187")
         if args.dsn is not None and args.command != "report":
             raise ExporterError("--dsn: only for the report command")
-        arguments = (args.config, args.listen_address, args.web_config_file)
+        listen = ",".join(args.listen_address) if args.listen_address else None
+        arguments = (args.config, listen, args.web_config_file)
         options = load_options(args, collector_flags)
         loaded = load(*arguments, **options)
         settings = loaded.settings

@@ -28,9 +28,10 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -451,16 +452,54 @@ class _AcceptFailures:
             self._count = 0
 
 
+#: The first file descriptor systemd passes (SD_LISTEN_FDS_START).
+SYSTEMD_FIRST_FD = 3
+
+
+def systemd_sockets() -> list[socket.socket]:
+    """Return the listening sockets systemd passed (socket activation); raise ExporterError.
+
+    The protocol of sd_listen_fds(3): LISTEN_PID names this process, LISTEN_FDS counts the
+    descriptors from 3. The variables are removed, so nothing started later takes them.
+    """
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if not count.isdigit() or int(count) < 1 or (pid.isdigit() and int(pid) != os.getpid()):
+        raise ExporterError(
+            "--web.systemd-socket: no socket passed by systemd (LISTEN_FDS/LISTEN_PID unset or"
+            " for another process); start it from a .socket unit"
+        )
+    sockets = []
+    for fd in range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + int(count)):
+        try:
+            passed = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ExporterError(f"--web.systemd-socket: descriptor {fd}: {exc.strerror}") from None
+        if passed.type != socket.SOCK_STREAM:
+            raise ExporterError(f"--web.systemd-socket: descriptor {fd} is not a stream socket")
+        sockets.append(passed)
+    return sockets
+
+
+def _where(listening: socket.socket) -> str:
+    host, port = listening.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def serve_forever(
     app: web.Application,
     *,
-    host: str,
-    port: int,
+    endpoints: Sequence[tuple[str, int]] = (),
+    sockets: Sequence[socket.socket] = (),
     ssl_context: ssl.SSLContext | None,
     limits: ConnectionLimits,
     metrics_path: str = "/metrics",
 ) -> None:
-    """Serve the application until SIGTERM or SIGINT; raise ExporterError if it cannot listen."""
+    """Serve the application until SIGTERM or SIGINT; raise ExporterError if it cannot listen.
+
+    It listens on every HOST:PORT of `endpoints` and on every socket of `sockets` (from
+    systemd), all with the same bounds.
+    """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_AcceptFailures())
     gate = ConnectionGate(limits, ssl_context)
@@ -472,26 +511,39 @@ async def serve_forever(
     stop = asyncio.Event()
     try:
         assert runner.server is not None
+        servers: list[asyncio.Server] = []
         try:
-            server = await loop.create_server(
-                gate.protocol_factory(runner.server),
-                host,
-                port,
-                reuse_address=True,
-                backlog=BACKLOG,
-            )
-        except OSError as exc:
-            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise ExporterError(f"cannot listen on {host}:{port}: {reason}") from None
-        scheme = "https" if ssl_context else "http"
-        log.info("serving on %s://%s:%d%s", scheme, host, port, metrics_path)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        gate.start()
-        try:
-            await stop.wait()
+            for host, port in endpoints:
+                try:
+                    servers.append(
+                        await loop.create_server(
+                            gate.protocol_factory(runner.server),
+                            host,
+                            port,
+                            reuse_address=True,
+                            backlog=BACKLOG,
+                        )
+                    )
+                except OSError as exc:
+                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                    raise ExporterError(f"cannot listen on {host}:{port}: {reason}") from None
+            for listening in sockets:
+                servers.append(
+                    await loop.create_server(gate.protocol_factory(runner.server), sock=listening)
+                )
+            scheme = "https" if ssl_context else "http"
+            for server in servers:
+                for listening in server.sockets:
+                    log.info("serving on %s://%s%s", scheme, _where(listening), metrics_path)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            gate.start()
+            try:
+                await stop.wait()
+            finally:
+                gate.stop()
         finally:
-            gate.stop()
-            server.close()
+            for server in servers:
+                server.close()
     finally:
         await runner.cleanup()

@@ -217,6 +217,7 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=_env_alias("data_source_pass_file", "DATA_SOURCE_PASS_FILE"),
     )
+    # HOST:PORT, or several separated by commas (postgres_exporter's repeated flag).
     listen_address: str = Field(
         default=":9187",
         validation_alias=_env_alias("listen_address", "PG_EXPORTER_WEB_LISTEN_ADDRESS"),
@@ -300,6 +301,8 @@ class Settings(BaseSettings):
     # An ad-hoc target not probed for this long has its pools closed.
     probe_idle_seconds: PositiveSeconds = 300.0
     web_config_file: Path | None = None
+    # Serve on the sockets systemd passes (socket activation) instead of listen_address.
+    web_systemd_socket: bool = False
     http_max_connections: int = Field(default=512, ge=1)
     http_request_head_timeout_seconds: PositiveSeconds = 10.0
     http_idle_timeout_seconds: PositiveSeconds = 75.0
@@ -448,7 +451,7 @@ class Settings(BaseSettings):
     @field_validator("listen_address")
     @classmethod
     def _listen_address_parses(cls, address: str) -> str:
-        listen_host_port(address)
+        listen_endpoints(address)
         return address
 
     @property
@@ -636,6 +639,15 @@ def listen_host_port(address: str) -> tuple[str, int]:
     ):
         raise ValueError(f"{address[:60]!r} is not HOST:PORT (an IPv6 address in brackets)")
     return (host[1:-1] if bracketed else host or "0.0.0.0", int(port))
+
+
+def listen_endpoints(addresses: str) -> list[tuple[str, int]]:
+    """Split one or more comma-separated 'HOST:PORT' (postgres_exporter's repeated flag).
+
+    >>> listen_endpoints("127.0.0.1:9187,[::1]:9187")
+    [('127.0.0.1', 9187), ('::1', 9187)]
+    """
+    return [listen_host_port(address.strip()) for address in addresses.split(",")]
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
