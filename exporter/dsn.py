@@ -213,3 +213,69 @@ def target_name_for(dsn: str) -> str:
     port = str(params.get("port") or "5432")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{host}-{port}").strip("_.-")
     return name[:63] or "dsn"
+
+
+DEFAULT_PORT = "5432"
+
+
+def server_label(dsn: str) -> str:
+    """Return a DSN's `server` label as postgres_exporter makes it: host:port, nothing secret.
+
+    Its defaults too (localhost, 5432). A Unix socket keeps its directory (the port names the
+    socket file in it); an IPv6 address is bracketed; several hosts are each paired with
+    their port, in libpq's order.
+
+    >>> server_label("postgresql://u:pw@db1.example.com:6432/app")
+    'db1.example.com:6432'
+    >>> server_label("port=1234"), server_label("host=example")
+    ('localhost:1234', 'example:5432')
+    >>> server_label("host=/var/run/postgresql password=s3cret")
+    '/var/run/postgresql:5432'
+    >>> server_label("postgresql://u@h1:5433,h2/db"), server_label("host=a,b port=6432")
+    ('h1:5433,h2:5432', 'a:6432,b:6432')
+    >>> server_label("postgresql://[::1]:5433/db"), server_label("hostaddr=10.0.0.1")
+    ('[::1]:5433', '10.0.0.1:5432')
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<invalid dsn>"
+    hosts = str(params.get("host") or params.get("hostaddr") or "localhost").split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    pairs = []
+    for host, port in zip(hosts, ports + [""] * (len(hosts) - len(ports)), strict=False):
+        host = host.strip() or "localhost"
+        if ":" in host and not host.startswith("/"):
+            host = f"[{host}]"
+        pairs.append(f"{host}:{port.strip() or DEFAULT_PORT}")
+    return ",".join(pairs)
+
+
+def server_labels(dsns: list[str]) -> list[str]:
+    """Return the `server` label of each DSN, distinct; raise ConfigError for a DSN given twice.
+
+    DSNs that reach one host:port (a PgBouncer routing databases to several servers, say)
+    are told apart by their database, libpq's default for it being the user name.
+
+    >>> server_labels(["host=a", "host=b port=6432"])
+    ['a:5432', 'b:6432']
+    >>> server_labels(["host=a dbname=one", "host=a dbname=two", "host=b"])
+    ['a:5432/one', 'a:5432/two', 'b:5432']
+    """
+    plain = [server_label(dsn) for dsn in dsns]
+    labels = []
+    for dsn, label in zip(dsns, plain, strict=True):
+        if plain.count(label) > 1:
+            params = conninfo_to_dict(dsn)
+            label += "/" + str(params.get("dbname") or params.get("user") or "")
+        labels.append(label)
+    for number, label in enumerate(labels, 1):
+        first = labels.index(label) + 1
+        if first != number:
+            raise ConfigError(
+                f"DATA_SOURCE_NAME: DSNs {first} and {number} both reach {label}:"
+                " give each server once (every database of a server is scraped from one DSN)"
+            )
+    return labels
