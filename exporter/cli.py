@@ -358,16 +358,15 @@ def serve(loaded: Loaded, rebuild: Callable[[], Fleet] | None = None) -> None:
         log.info(
             "target %s (%s): %d collectors", target.name, target.public_dsn, len(target.collectors)
         )
-    if loaded.fleet.default is not None and loaded.fleet.named and settings.data_source_name:
-        extra = len(settings.data_sources()) - 1
-        if extra:
-            log.info(
-                "DATA_SOURCE_NAME holds %d DSNs: %s serves the first, /probe?target=NAME the"
-                " other %d (named above)",
-                extra + 1,
-                settings.telemetry_path,
-                extra,
-            )
+    if loaded.fleet.merged is not None:
+        servers = loaded.fleet.merged.servers
+        log.info(
+            "%d DSNs: %s serves them all, labelled server=%s; /probe?target=NAME each alone"
+            " (named above)",
+            len(servers),
+            settings.telemetry_path,
+            ",".join(server.label for server in servers),
+        )
     app = build_app(settings, loaded.fleet, web_config, reload=rebuild)
     database_connections = sum(target.connection_bound() for target in loaded.fleet.all())
     limits = connection_limits(settings, database_connections)

@@ -1,17 +1,22 @@
-"""The targets one exporter serves: the default from the DSN, and named ones for /probe."""
+"""The targets one exporter serves: the default from the DSN (or several DSNs merged on one
+page), and named ones for /probe."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter import selfmetrics
 from exporter.catalog import Catalog
-from exporter.dsn import target_name_for
+from exporter.dsn import server_label, server_labels, target_name_for
 from exporter.errors import ConfigError
+from exporter.merged import SERVER_LABEL, MergedServer, MergedTargets
 from exporter.settings import Settings
 from exporter.spec import CollectorSpec
 from exporter.target import Target
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -28,11 +33,14 @@ class Fleet:
     collectors: tuple[CollectorSpec, ...] = ()
     # The settings the fleet was built from; None: the application's own.
     settings: Settings | None = None
+    # Several DSNs: /metrics serves all of them on one page (then `default` is None); each is
+    # also one of `named`, for /probe.
+    merged: MergedTargets | None = None
 
     def take_over(self, new: Fleet) -> list[Target]:
         """Serve `new`'s targets from now on; return the old ones, for the caller to close."""
         old = self.all()
-        self.default, self.named = new.default, new.named
+        self.default, self.named, self.merged = new.default, new.named, new.merged
         self.collectors, self.settings = new.collectors, new.settings
         return old
 
@@ -49,8 +57,26 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _check_const_labels(settings: Settings, collectors: Sequence[CollectorSpec]) -> None:
-    """Refuse a constant label that a series already has: the page would repeat a label."""
+def _check_const_labels(
+    settings: Settings, collectors: Sequence[CollectorSpec], *, merged: bool = False
+) -> None:
+    """Refuse a constant label that a series already has: the page would repeat a label.
+
+    With several DSNs merged on /metrics, `server` is one of them, on every series there.
+    """
+    if merged:
+        for spec in collectors:
+            for column, column_spec in spec.columns.items():
+                if column_spec.usage == "label" and spec.label_name(column) == SERVER_LABEL:
+                    raise ConfigError(
+                        f"collector {spec.name}: its label {SERVER_LABEL!r} is the one that"
+                        " tells the DSNs of DATA_SOURCE_NAME apart on /metrics; rename it"
+                    )
+        if SERVER_LABEL in settings.const_labels:
+            raise ConfigError(
+                f"const_labels: {SERVER_LABEL!r} is the label that tells the DSNs of"
+                " DATA_SOURCE_NAME apart on /metrics; choose another name"
+            )
     used = {"le", "quantile"} | {
         label
         for metric in vars(selfmetrics).values()
@@ -78,8 +104,10 @@ def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
 
     /metrics serves the DSN's server; when only named targets are configured and no DSN is
     set, /metrics carries the exporter's own metrics and the fleet is scraped via /probe.
-    Several DSNs (postgres_exporter's comma-separated DATA_SOURCE_NAME): /metrics serves the
-    first, and every one after it is a named target of its own, called by its host and port.
+    Several DSNs (postgres_exporter's comma-separated DATA_SOURCE_NAME): /metrics serves every
+    one of them on one page, each series labelled server="host:port" as postgres_exporter
+    labels them, and each is also a named target of its own (called by its host and port)
+    for /probe.
     """
     collectors = catalog.selected(
         profile=settings.profile,
@@ -87,16 +115,27 @@ def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
         enabled=settings.enabled_collectors,
         builtin=not settings.disable_default_metrics,
     )
-    _check_const_labels(settings, collectors)
+    dsns = settings.data_sources()
+    _check_const_labels(settings, collectors, merged=len(dsns) > 1)
     named = {
         name: Target(name, target.resolve_dsn(name), settings, collectors, kind=target.type)
         for name, target in settings.targets.items()
     }
-    dsns = settings.data_sources()
-    for dsn in dsns[1:]:
-        name = _unique(target_name_for(dsn), set(named) | {"default"})
-        named[name] = Target(name, dsn, settings, collectors)
-    default = None
-    if dsns or not named:
-        default = Target("default", dsns[0] if dsns else "", settings, collectors)
-    return Fleet(default=default, named=named, collectors=tuple(collectors), settings=settings)
+    fleet = Fleet(default=None, named=named, collectors=tuple(collectors), settings=settings)
+    if len(dsns) > 1:
+        servers = []
+        for dsn, label in zip(dsns, server_labels(dsns), strict=True):
+            name = _unique(target_name_for(dsn), set(named) | {"default"})
+            named[name] = Target(name, dsn, settings, collectors)
+            labels = {**settings.const_labels, SERVER_LABEL: label}
+            servers.append(MergedServer(label, named[name], labels))
+        if len({server_label(dsn) for dsn in dsns}) < len(dsns):
+            log.warning(
+                "DATA_SOURCE_NAME: several DSNs reach one host and port; each scrapes every"
+                " database it finds there, so they are told apart by database: %s",
+                ", ".join(server.label for server in servers),
+            )
+        fleet.merged = MergedTargets(servers)
+    elif dsns or not named:
+        fleet.default = Target("default", dsns[0] if dsns else "", settings, collectors)
+    return fleet

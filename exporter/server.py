@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
 from aiohttp import web
@@ -28,12 +28,13 @@ from exporter.fleet import Fleet
 from exporter.health import evaluate
 from exporter.healthpage import CollectorState, TargetHealth, render_page
 from exporter.logs import AccessLogRedaction
+from exporter.merged import MergedTargets
 from exporter.outcome import CollectorRun, Failed, Ok, Skipped
 from exporter.probe import ProbeRefused, ProbeTargets, probe_dsn
 from exporter.reload import Rebuild, Reloader
 from exporter.runbook import runbook_page
 from exporter.settings import Settings
-from exporter.snapshot import Snapshot
+from exporter.snapshot import Family, Snapshot
 from exporter.target import Target
 from exporter.webconfig import BasicAuth, WebConfig, headers_hook
 
@@ -59,16 +60,34 @@ def scrape_timeout(request: web.Request, settings: Settings) -> float:
     return max(0.1, min(timeout, 3600.0) - settings.scrape_timeout_margin_seconds)
 
 
+#: The pages encoded from one snapshot (or merged page), by (openmetrics, gzipped).
+EncodedPages = dict[tuple[bool, bool], asyncio.Future[bytes]]
+
+
 async def _respond(request: web.Request, target: Target | None) -> web.Response:
     settings = current_settings(request.app)
-    openmetrics = wants_openmetrics(request.headers.get("Accept"))
-    gzipped = wants_gzip(request.headers.get("Accept-Encoding"))
     if target is None:
         snapshot = Snapshot(families=[], up=None, duration=0.0)
     else:
         snapshot = await target.scrape(scrape_timeout(request, settings))
     labels = const_labels_of(settings, target)
-    body = await _page(request, snapshot, openmetrics=openmetrics, gzipped=gzipped, labels=labels)
+    families = functools.partial(with_const_labels, snapshot.families, labels)
+    return await _page_response(request, snapshot.encoded, families)
+
+
+async def _respond_merged(request: web.Request, merged: MergedTargets) -> web.Response:
+    """Serve every server of `merged` on one page, each series labelled with its server."""
+    page = await merged.scrape(scrape_timeout(request, current_settings(request.app)))
+    return await _page_response(request, page.encoded, page.families)
+
+
+async def _page_response(
+    request: web.Request, encoded: EncodedPages, families: Callable[[], list[Family]]
+) -> web.Response:
+    """Answer with the page in the format and encoding the client asked for."""
+    openmetrics = wants_openmetrics(request.headers.get("Accept"))
+    gzipped = wants_gzip(request.headers.get("Accept-Encoding"))
+    body = await _page(request, encoded, families, openmetrics=openmetrics, gzipped=gzipped)
     response = web.Response(body=body)
     response.headers["Content-Type"] = (
         OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
@@ -86,41 +105,48 @@ def const_labels_of(settings: Settings, target: Target | None) -> dict[str, str]
 
 async def _page(
     request: web.Request,
-    snapshot: Snapshot,
+    encoded: EncodedPages,
+    families: Callable[[], list[Family]],
     *,
     openmetrics: bool,
     gzipped: bool,
-    labels: dict[str, str] | None = None,
 ) -> bytes:
     """Encode (and gzip) a snapshot once, off the event loop, for every scrape sharing it.
 
+    `families` (the snapshot's, with their constant labels) runs off the event loop too.
     The encoding is a task of its own: a client that hangs up cancels only its own wait,
     never the page the other scrapes are waiting for.
     """
     key = (openmetrics, gzipped)
-    page = snapshot.encoded.get(key)
+    page = encoded.get(key)
     if page is None:
-        work = functools.partial(
-            encode_gzip if gzipped else encode,
-            with_const_labels(snapshot.families, labels or {}),
-            openmetrics=openmetrics,
-            registry=request.app[PROCESS_REGISTRY],
-            **({"level": current_settings(request.app).gzip_level} if gzipped else {}),
-        )
+        registry = request.app[PROCESS_REGISTRY]
+        level = current_settings(request.app).gzip_level
+
+        def work() -> bytes:
+            if gzipped:
+                return encode_gzip(
+                    families(), openmetrics=openmetrics, registry=registry, level=level
+                )
+            return encode(families(), openmetrics=openmetrics, registry=registry)
+
         page = asyncio.ensure_future(asyncio.to_thread(work))
-        snapshot.encoded[key] = page
+        encoded[key] = page
     try:
         return await asyncio.shield(page)
     except asyncio.CancelledError:
         raise
     except Exception:
-        snapshot.encoded.pop(key, None)
+        encoded.pop(key, None)
         raise
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Serve a fresh snapshot of the default target in the negotiated format."""
-    return await _respond(request, request.app[FLEET].default)
+    """Serve a fresh snapshot of the default target (or of every DSN's) in the negotiated format."""
+    fleet = request.app[FLEET]
+    if fleet.merged is not None:
+        return await _respond_merged(request, fleet.merged)
+    return await _respond(request, fleet.default)
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -160,12 +186,30 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Answer 200 if the default target's database answers now, 503 if not."""
-    target = request.app[FLEET].default
+    """Answer 200 if the default target's database answers now, 503 if not.
+
+    With several DSNs on /metrics: 200 while at least one of them answers (the page then
+    carries a server's numbers, and each one down its `pg_up 0`), naming those that do not;
+    503 only when none does.
+    """
+    fleet = request.app[FLEET]
+    timeout = scrape_timeout(request, current_settings(request.app))
+    if fleet.merged is not None:
+        answers = await fleet.merged.ready(timeout)
+        down = [server.label for server, up in answers if not up]
+        if len(down) == len(answers):
+            return web.Response(status=503, text="no database reachable\n")
+        if down:
+            return web.Response(
+                text=f"ready: {len(answers) - len(down)} of {len(answers)} databases reachable;"
+                f" unreachable: {', '.join(down)}\n"
+            )
+        return web.Response(text="ready\n")
+    target = fleet.default
     if target is None:
         return web.Response(text="ready (no default target)\n")
     # A round trip only: a readiness probe must not start (or bound) a whole collection.
-    if await target.ready(scrape_timeout(request, current_settings(request.app))):
+    if await target.ready(timeout):
         return web.Response(text="ready\n")
     return web.Response(status=503, text="database unreachable\n")
 
@@ -202,7 +246,9 @@ def _budget_lines(target: Target) -> list[str]:
 FRESH_SECONDS = 60.0
 
 
-async def target_health(target: Target, link: str, timeout: float) -> TargetHealth:
+async def target_health(
+    target: Target, link: str, timeout: float, *, note: str = ""
+) -> TargetHealth:
     """Judge a target's checks on its last collection, collecting only if that is stale."""
     last = target.last_collected_at
     if last is None or time.time() - last > FRESH_SECONDS:
@@ -220,6 +266,7 @@ async def target_health(target: Target, link: str, timeout: float) -> TargetHeal
         ],
         collected_at=target.last_collected_at,
         budget=_budget_lines(target),
+        note=note,
     )
 
 
@@ -228,11 +275,17 @@ async def landing(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     settings = current_settings(request.app)
     timeout = scrape_timeout(request, settings)
+    on_metrics = {
+        id(server.target): f'on {settings.telemetry_path} as server="{server.label}"'
+        for server in (fleet.merged.servers if fleet.merged is not None else ())
+    }
     pending = []
     if fleet.default is not None:
-        pending.append(target_health(fleet.default, "/metrics", timeout))
+        pending.append(target_health(fleet.default, settings.telemetry_path, timeout))
     for name, target in fleet.named.items():
-        pending.append(target_health(target, f"/probe?target={quote(name)}", timeout))
+        link = f"/probe?target={quote(name)}"
+        note = on_metrics.get(id(target), "")
+        pending.append(target_health(target, link, timeout, note=note))
     targets = await asyncio.gather(*pending)
     page = render_page(targets, version=__version__, runbook_url=settings.runbook_url)
     return web.Response(text=page, content_type="text/html")

@@ -18,7 +18,7 @@ LAYERS: list[list[str]] = [
     ["selfmetrics", "budget", "matview_refresh"],
     ["collect", "counters", "ttlcache"],
     ["exposition", "health", "healthpage", "constlabels"],
-    ["target", "fleet", "probe", "appkeys", "reload"],
+    ["target", "merged", "fleet", "probe", "appkeys", "reload"],
     ["webconfig", "runbook", "server", "httpserver"],
     ["report", "reference", "localpg", "demo", "cli", "__main__"],
 ]

@@ -152,7 +152,9 @@ async def test_two_uris_in_data_source_name_never_show_the_second_password(
         f"postgresql://{MONITOR_ROLE}:{second_password}@{params['host']}:{params['port']}"
         "/no_such_database"
     )
-    name = f"{params['host']}-{params['port']}"
+    # Both reach one host and port: told apart by database, on /metrics and on /probe.
+    name = f"{params['host']}-{params['port']}-2"
+    server = f"{params['host']}:{params['port']}"
     pages: dict[str, str] = {}
     with exporter_process(
         tmp_path, dsn=f"{first},{second}", args=["--log.level", "debug"]
@@ -163,9 +165,10 @@ async def test_two_uris_in_data_source_name_never_show_the_second_password(
         exporter.process.terminate()
         exporter.process.wait(timeout=10)
         logged = exporter.log()
-    assert Scrape(pages["/metrics"]).value("pg_up") == 1
+    assert Scrape(pages["/metrics"]).value("pg_up", server=f"{server}/postgres") == 1
+    assert Scrape(pages["/metrics"]).value("pg_up", server=f"{server}/no_such_database") == 0
     assert Scrape(pages[f"/probe?target={name}"]).value("pg_up") == 0
-    assert "holds 2 DSNs" in logged
+    assert "2 DSNs: /metrics serves them all" in logged
     assert "no_such_database" in logged  # the failure is logged, without the password
     for where, text in [*pages.items(), ("log", logged)]:
         assert second_password not in text, where
