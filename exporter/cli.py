@@ -32,7 +32,7 @@ from exporter.settings import (
     load_auth_modules_file,
     load_settings,
 )
-from exporter.webconfig import WebConfig, load_web_config, ssl_context
+from exporter.webconfig import LiveWebConfig
 
 log = logging.getLogger("exporter")
 
@@ -255,7 +255,7 @@ class Loaded:
     settings: Settings
     catalog: Catalog
     fleet: Fleet
-    web_config: WebConfig | None
+    web_config: LiveWebConfig | None
 
 
 def _our_names(names: Sequence[str]) -> list[str]:
@@ -340,7 +340,8 @@ def load(
                 else setting
             )
             raise ConfigError(f"{where}: no collector named {unknown[0]!r} (see docs/metrics.md)")
-    web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
+    web_file = settings.web_config_file
+    web_config = LiveWebConfig.load(web_file) if web_file else None
     return Loaded(settings, catalog, build_fleet(settings, catalog), web_config)
 
 
@@ -350,8 +351,6 @@ def serve(loaded: Loaded, rebuild: Callable[[], Fleet] | None = None) -> None:
     from exporter.server import build_app
 
     settings, web_config = loaded.settings, loaded.web_config
-    tls = web_config.tls_server_config if web_config else None
-    context = ssl_context(tls, settings.web_config_file or Path()) if tls else None
     sockets = systemd_sockets() if settings.web_systemd_socket else []
     endpoints = [] if sockets else listen_endpoints(settings.listen_address)
     for target in loaded.fleet.all():
@@ -375,7 +374,7 @@ def serve(loaded: Loaded, rebuild: Callable[[], Fleet] | None = None) -> None:
             app,
             endpoints=endpoints,
             sockets=sockets,
-            ssl_context=context,
+            tls=web_config.server_tls if web_config and web_config.tls else None,
             limits=limits,
             metrics_path=settings.telemetry_path,
         )

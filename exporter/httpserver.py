@@ -29,7 +29,6 @@ import os
 import resource
 import signal
 import socket
-import ssl
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter.errors import ExporterError
 from exporter.settings import Settings
+from exporter.webconfig import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,11 @@ CALM_SHARE = 0.8
 # asyncio's message for an accept() that failed for want of file descriptors or memory.
 ACCEPT_FAILED = "socket.accept() out of system resource"
 ACCEPT_FAILED_LOG_SECONDS = 60.0
+# Clients refused for their certificate's names are logged at most this often.
+REFUSED_CLIENT_LOG_SECONDS = 60.0
+
+# The TLS for a new connection: called at each accept, so a changed certificate applies.
+TLSSource = Callable[[], ServerTLS]
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
-        if self.gate.ssl_context is None:
+        if self.gate.tls is None:
             self._start(transport)
             self.gate.opened(self)
             return
@@ -172,20 +177,20 @@ class _Connection(asyncio.Protocol):
         self.gate.opened(self)
         if not self.closed:
             self.handshake = asyncio.get_running_loop().create_task(
-                self._start_tls(transport, self.gate.ssl_context)
+                self._start_tls(transport, self.gate.tls())
             )
 
     def _start(self, transport: asyncio.Transport) -> None:
         self.started = True
         self.inner.connection_made(transport)
 
-    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+    async def _start_tls(self, raw: asyncio.Transport, tls: ServerTLS) -> None:
         loop = asyncio.get_running_loop()
         try:
             secure = await loop.start_tls(
                 raw,
                 self,
-                context,
+                tls.context,
                 server_side=True,
                 ssl_handshake_timeout=self.gate.limits.request_head_timeout,
             )
@@ -195,6 +200,13 @@ class _Connection(asyncio.Protocol):
         if secure is None or self.closed:
             if secure is not None:
                 secure.close()
+            return
+        if not tls.admits(secure.get_extra_info("peercert")):
+            # client_allowed_sans: exporter-toolkit fails such a handshake; Python's ssl has
+            # no hook inside it, so the connection is closed right after, before any request.
+            self.gate.refused_client(self)
+            self.closed = True
+            secure.abort()
             return
         self.gate.secured(self, raw, secure)
         self.transport = secure
@@ -242,9 +254,11 @@ class ConnectionGate:
     connects from another.
     """
 
-    def __init__(self, limits: ConnectionLimits, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, limits: ConnectionLimits, tls: TLSSource | None) -> None:
         self.limits = limits
-        self.ssl_context = ssl_context
+        self.tls = tls
+        self._refused_clients = 0
+        self._refused_logged = -REFUSED_CLIENT_LOG_SECONDS
         self._by_transport: dict[asyncio.BaseTransport, _Connection] = {}
         self._heads: OrderedDict[_Connection, None] = OrderedDict()
         self._idle: OrderedDict[_Connection, None] = OrderedDict()
@@ -297,6 +311,21 @@ class ConnectionGate:
         """Follow a connection from its TCP transport to its TLS one (what requests carry)."""
         if self._by_transport.pop(raw, None) is not None:
             self._by_transport[secure] = connection
+
+    def refused_client(self, connection: _Connection) -> None:
+        """Forget a client whose certificate names none of client_allowed_sans; log it."""
+        self.forget(connection)
+        self._refused_clients += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged >= REFUSED_CLIENT_LOG_SECONDS:
+            log.warning(
+                "TLS client %s refused: its certificate names none of client_allowed_sans"
+                " (%d such connections since the last such line)",
+                connection.peer,
+                self._refused_clients,
+            )
+            self._refused_logged = now
+            self._refused_clients = 0
 
     def head_started(self, connection: _Connection) -> None:
         self._idle.pop(connection, None)
@@ -491,18 +520,19 @@ async def serve_forever(
     *,
     endpoints: Sequence[tuple[str, int]] = (),
     sockets: Sequence[socket.socket] = (),
-    ssl_context: ssl.SSLContext | None,
+    tls: TLSSource | None,
     limits: ConnectionLimits,
     metrics_path: str = "/metrics",
 ) -> None:
     """Serve the application until SIGTERM or SIGINT; raise ExporterError if it cannot listen.
 
     It listens on every HOST:PORT of `endpoints` and on every socket of `sockets` (from
-    systemd), all with the same bounds.
+    systemd), all with the same bounds. `tls`, if given, is asked for the TLS of each new
+    connection (see webconfig.LiveWebConfig).
     """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_AcceptFailures())
-    gate = ConnectionGate(limits, ssl_context)
+    gate = ConnectionGate(limits, tls)
     app.middlewares.insert(0, gate.middleware)
     runner = web.AppRunner(
         app, handle_signals=False, keepalive_timeout=limits.idle_timeout, logger=server_log
@@ -531,7 +561,7 @@ async def serve_forever(
                 servers.append(
                     await loop.create_server(gate.protocol_factory(runner.server), sock=listening)
                 )
-            scheme = "https" if ssl_context else "http"
+            scheme = "https" if tls else "http"
             for server in servers:
                 for listening in server.sockets:
                     log.info("serving on %s://%s%s", scheme, _where(listening), metrics_path)

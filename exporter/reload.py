@@ -4,8 +4,9 @@ A configuration that does not load leaves the running one in place: one log line
 `pg_exporter_config_last_reload_successful 0` until a good one comes (with the time of the last
 good one in `pg_exporter_config_last_reload_success_timestamp_seconds`), as Prometheus reports
 its own reloads. A good one replaces every target: the new pools open before the swap, the old
-ones (removed targets among them) close after it. The listen address, the metrics path and the
-web config are read at start only.
+ones (removed targets among them) close after it. The listen address and the metrics path are
+read at start only; the web config is read again by itself whenever it changes (see
+exporter.webconfig.LiveWebConfig), and a reload also checks it, failing if it does not load.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from exporter.runbook import runbook_page
 from exporter.settings import Settings
 from exporter.snapshot import Family, Snapshot
 from exporter.target import Target
-from exporter.webconfig import BasicAuth, WebConfig, headers_hook
+from exporter.webconfig import LiveWebConfig, WebConfig, install_web_config
 
 log = logging.getLogger(__name__)
 # Whoever serves this app (the exporter, a test server), its access log shows no password.
@@ -306,7 +306,7 @@ async def _close_idle_probes(probes: ProbeTargets, settings: Settings) -> None:
 def build_app(
     settings: Settings,
     fleet: Fleet | Target,
-    web_config: WebConfig | None = None,
+    web_config: WebConfig | LiveWebConfig | None = None,
     *,
     reload: Rebuild | None = None,
 ) -> web.Application:
@@ -317,13 +317,9 @@ def build_app(
     """
     if isinstance(fleet, Target):
         fleet = Fleet(default=fleet, named={})
-    users = web_config.basic_auth_users if web_config is not None else {}
-    auth = BasicAuth(users) if users else None
-    app = web.Application(middlewares=[auth.middleware] if auth is not None else [])
-    if auth is not None:
-        app.on_cleanup.append(auth.on_cleanup)
-    if web_config is not None and web_config.http_server_config.headers:
-        app.on_response_prepare.append(headers_hook(web_config.http_server_config.headers))
+    app = web.Application()
+    if web_config is not None:
+        install_web_config(app, web_config)  # rate limit, basic auth, response headers
     app[SETTINGS] = settings
     app[FLEET] = fleet
     registry = CollectorRegistry(auto_describe=True)

@@ -1,27 +1,45 @@
-"""TLS and basic auth for the HTTP side, from a web config file in exporter-toolkit's format.
+"""TLS, basic auth and limits for the HTTP side, from a web config in exporter-toolkit's format.
+
+The whole format of exporter-toolkit 0.16 (what postgres_exporter ships):
 
 ```yaml
 tls_server_config:
-  cert_file: /etc/pg-health-exporter/tls.crt
-  key_file: /etc/pg-health-exporter/tls.key
-  client_ca_file: /etc/pg-health-exporter/ca.crt      # optional
-  client_auth_type: RequireAndVerifyClientCert        # optional
-  min_version: TLS12                                  # optional: TLS10 .. TLS13
-  max_version: TLS13                                  # optional
-  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]  # optional, Go's names (TLS <= 1.2)
-  prefer_server_cipher_suites: true                   # optional
-  curve_preferences: [CurveP384]                      # optional, one curve (Python's ssl)
+  cert_file: tls.crt            # relative names: from this file's directory
+  key_file: tls.key             # or inline PEM: cert: |, key: | (not both forms)
+  client_ca_file: ca.crt        # or inline: client_ca: |
+  client_auth_type: RequireAndVerifyClientCert        # or VerifyClientCertIfGiven
+  client_allowed_sans: [prometheus.monitoring.svc]    # DNS, IP, email or URI SANs
+  min_version: TLS12                                  # TLS10 .. TLS13
+  max_version: TLS13
+  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]  # Go's names (TLS <= 1.2)
+  prefer_server_cipher_suites: true
+  curve_preferences: [CurveP384]                      # one curve (Python's ssl)
 http_server_config:
   http2: true                                         # accepted; HTTP/1.1 is served
   headers:                                            # added to every response
     Strict-Transport-Security: max-age=31536000
+rate_limit:                                           # a token bucket over all requests: 429
+  interval: 1s
+  burst: 10
 basic_auth_users:
   prometheus: $2b$12$...        # a bcrypt hash, e.g. from: htpasswd -nBC 12 '' | tr -d ':'
 ```
 
+As in exporter-toolkit, the file is read again while serving (LiveWebConfig): a certificate
+rotated by cert-manager, a changed user list or changed headers apply to the next connection or
+request, without a restart. Only a change (of the file or of a file it names) makes it be read
+again; a new version that does not load leaves the last good one serving, with one WARNING line.
+`client_allowed_sans` is checked right after the handshake (Python's ssl has no hook inside it):
+a client whose verified certificate names none of the values is disconnected before any
+request, as exporter-toolkit fails its handshake. Inline keys are loaded through anonymous
+memory files (memfd) and never logged.
+
 What Python's ssl cannot do is refused by name in one line: `RequestClientCert` and
 `RequireAnyClientCert` (a client certificate taken without verifying it) and more than one
-curve in `curve_preferences`.
+curve in `curve_preferences`. Refused too, where exporter-toolkit would quietly do something
+else: `cert` with `cert_file` (it documents "not both" and reads the file), a client CA without
+a `client_auth_type` using it, and `client_allowed_sans` without a verified client certificate
+(with NoClientCert it would check nothing).
 """
 
 from __future__ import annotations
@@ -31,21 +49,36 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
+import logging
+import os
 import secrets
+import shutil
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import bcrypt
 import yaml
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exporter.errors import ConfigError
-from exporter.settings import describe_validation_error, read_text_file
+from exporter.settings import describe_validation_error, go_duration_seconds, read_text_file
+
+log = logging.getLogger(__name__)
 
 # Paths anyone may reach without credentials: a container's liveness probe has none.
 PUBLIC_PATHS = frozenset({"/healthz"})
@@ -84,31 +117,48 @@ GO_CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "
 GO_CURVES["X25519"] = "X25519"
 
 
+ClientAuthType = Literal[
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "RequireClientCert",  # exporter-toolkit's older name for RequireAnyClientCert
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+]
+VERIFYING = ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+
+
 class TLSServerConfig(BaseModel):
     """The tls_server_config section."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cert_file: Path
-    key_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    cert: str | None = None  # inline PEM
+    key: SecretStr | None = None  # inline PEM; SecretStr keeps it out of reprs and errors
     client_ca_file: Path | None = None
-    client_auth_type: Literal[
-        "NoClientCert",
-        "RequestClientCert",
-        "RequireAnyClientCert",
-        "VerifyClientCertIfGiven",
-        "RequireAndVerifyClientCert",
-    ] = "NoClientCert"
+    client_ca: str | None = None  # inline PEM
+    client_auth_type: ClientAuthType = "NoClientCert"
+    client_allowed_sans: list[str] | None = None
     min_version: TLSVersionName = "TLS12"
     max_version: TLSVersionName = "TLS13"
     cipher_suites: list[str] = []
     prefer_server_cipher_suites: bool = True
     curve_preferences: list[str] = []
 
+    @field_validator(
+        "cert_file", "key_file", "client_ca_file", "cert", "key", "client_ca", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Go reads an empty string as "not given", and so do exporter-toolkit's files.
+        return None if value == "" else value
+
     @field_validator("client_auth_type")
     @classmethod
     def _verifiable(cls, kind: str) -> str:
-        if kind in ("RequestClientCert", "RequireAnyClientCert"):
+        if kind in ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert"):
             raise ValueError(
                 f"{kind} takes a client certificate without verifying it, which Python's ssl"
                 " cannot do: use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
@@ -121,7 +171,7 @@ class TLSServerConfig(BaseModel):
     def _known_suites(cls, suites: list[str]) -> list[str]:
         for suite in suites:
             if suite not in GO_CIPHER_SUITES:
-                raise ValueError(f"{suite!r} is not a cipher suite Go's TLS 1.2 knows")
+                raise ValueError(f"{suite[:60]!r} is not a cipher suite Go's TLS 1.2 knows")
         return suites
 
     @field_validator("curve_preferences")
@@ -129,34 +179,87 @@ class TLSServerConfig(BaseModel):
     def _one_known_curve(cls, curves: list[str]) -> list[str]:
         for curve in curves:
             if curve not in GO_CURVES:
-                raise ValueError(f"{curve!r} is not one of {', '.join(GO_CURVES)}")
+                raise ValueError(f"{curve[:40]!r} is not one of {', '.join(GO_CURVES)}")
         if len(curves) > 1:
             raise ValueError("Python's ssl (3.11) sets one curve: give one")
         return curves
 
+    def enabled(self) -> bool:
+        """Tell whether the section asks for TLS at all (exporter-toolkit's IsEnabled)."""
+        return (
+            any(
+                value is not None
+                for value in (
+                    self.cert_file,
+                    self.key_file,
+                    self.cert,
+                    self.key,
+                    self.client_ca_file,
+                    self.client_ca,
+                )
+            )
+            or "client_auth_type" in self.model_fields_set
+        )
+
     @model_validator(mode="after")
     def _consistent(self) -> TLSServerConfig:
+        if not self.enabled():
+            return self
+        for inline, file in (
+            ("cert", "cert_file"),
+            ("key", "key_file"),
+            ("client_ca", "client_ca_file"),
+        ):
+            given = getattr(self, inline) is not None, getattr(self, file) is not None
+            if all(given):
+                # exporter-toolkit documents this as not to be done (and then reads the file).
+                raise ValueError(f"{inline} and {file} both given: give one")
+            if not any(given) and inline != "client_ca":
+                raise ValueError(f"missing one of {inline} or {file}")
         if TLS_VERSIONS[self.min_version] > TLS_VERSIONS[self.max_version]:
             raise ValueError("min_version is above max_version")
-        verifies = self.client_auth_type in (
-            "VerifyClientCertIfGiven",
-            "RequireAndVerifyClientCert",
-        )
-        if verifies and self.client_ca_file is None:
+        has_ca = self.client_ca_file is not None or self.client_ca is not None
+        if self.client_auth_type in VERIFYING and not has_ca:
             raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
+        if has_ca and self.client_auth_type == "NoClientCert":
+            raise ValueError("a client CA is given without a client_auth_type that uses it")
+        if self.client_allowed_sans is not None and self.client_auth_type not in VERIFYING:
+            # exporter-toolkit checks the SANs only of a certificate it asked for; with
+            # NoClientCert it would accept every client, whatever this list says.
+            raise ValueError(
+                "client_allowed_sans needs client_auth_type RequireAndVerifyClientCert"
+                " (or VerifyClientCertIfGiven): no client certificate is asked for"
+            )
         return self
 
+    def with_directory(self, directory: Path) -> TLSServerConfig:
+        """Return the section with relative file names taken from `directory`, as Go does."""
+        update = {
+            name: directory / path
+            for name in ("cert_file", "key_file", "client_ca_file")
+            if (path := getattr(self, name)) is not None and not path.is_absolute()
+        }
+        return self.model_copy(update=update) if update else self
 
-# exporter-toolkit's allowed response headers (it refuses any other).
-ALLOWED_HEADERS = frozenset(
-    {
-        "Strict-Transport-Security",
-        "X-Content-Type-Options",
-        "X-Frame-Options",
-        "X-XSS-Protection",
-        "Content-Security-Policy",
-    }
-)
+    def files(self) -> tuple[Path, ...]:
+        """Return the files this section names (watched for changes)."""
+        return tuple(
+            path
+            for path in (self.cert_file, self.key_file, self.client_ca_file)
+            if path is not None
+        )
+
+
+# exporter-toolkit's allowed response headers (it refuses any other), and the values it
+# allows where it restricts them.
+HEADER_VALUES: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+ALLOWED_HEADERS = frozenset(HEADER_VALUES)
 
 
 class HTTPServerConfig(BaseModel):
@@ -178,7 +281,31 @@ class HTTPServerConfig(BaseModel):
                 )
             if any(c in value for c in "\r\n"):
                 raise ValueError(f"header {name}: a value is one line")
+            if HEADER_VALUES[name] and value not in HEADER_VALUES[name]:
+                raise ValueError(f"header {name}: one of {', '.join(HEADER_VALUES[name])}")
         return headers
+
+
+class RateLimit(BaseModel):
+    """The rate_limit section: a token bucket over all requests, as exporter-toolkit's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: float = 0.0  # seconds between two requests; 0 turns the limit off
+    burst: int = 0
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return go_duration_seconds(value)
+
+    @model_validator(mode="after")
+    def _sane(self) -> RateLimit:
+        if self.interval < 0 or self.burst < 0:
+            raise ValueError("interval and burst are not negative")
+        if self.interval > 0 and self.burst < 1:
+            raise ValueError("burst must be at least 1, or every request would be refused")
+        return self
 
 
 class WebConfig(BaseModel):
@@ -188,17 +315,30 @@ class WebConfig(BaseModel):
 
     tls_server_config: TLSServerConfig | None = None
     http_server_config: HTTPServerConfig = HTTPServerConfig()
-    basic_auth_users: dict[str, str] = {}
+    rate_limit: RateLimit = RateLimit()
+    basic_auth_users: dict[str, SecretStr] = {}
+
+    @field_validator("tls_server_config")
+    @classmethod
+    def _tls_asked_for(cls, tls: TLSServerConfig | None) -> TLSServerConfig | None:
+        # A section naming no certificate, key, CA or client_auth_type means plain HTTP,
+        # as in exporter-toolkit.
+        return tls if tls is not None and tls.enabled() else None
 
     @field_validator("basic_auth_users")
     @classmethod
-    def _bcrypt_hashes(cls, users: dict[str, str]) -> dict[str, str]:
-        for user, hashed in users.items():
+    def _bcrypt_hashes(cls, users: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for user, secret in users.items():
+            hashed = secret.get_secret_value()
             if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
-                raise ValueError(f"user {user!r}: not a bcrypt hash")
+                raise ValueError(f"user {user[:40]!r}: not a bcrypt hash")
             if not 4 <= bcrypt_cost(hashed) <= 31:
-                raise ValueError(f"user {user!r}: bcrypt cost must be 4 to 31")
+                raise ValueError(f"user {user[:40]!r}: bcrypt cost must be 4 to 31")
         return users
+
+    def users(self) -> dict[str, str]:
+        """Return basic_auth_users: user name -> bcrypt hash."""
+        return {user: hashed.get_secret_value() for user, hashed in self.basic_auth_users.items()}
 
 
 def bcrypt_cost(hashed: str) -> int:
@@ -211,8 +351,12 @@ def bcrypt_cost(hashed: str) -> int:
     return int(digits) if digits.isdigit() and hashed[6:7] == "$" else 0
 
 
-def load_web_config(path: Path) -> WebConfig:
-    """Read and check a web config file; raise ConfigError with one line naming the problem."""
+def parse_web_config(path: Path) -> WebConfig:
+    """Read and check a web config file, not the files it names; raise ConfigError (one line).
+
+    Relative file names are taken from the web config file's directory, as exporter-toolkit
+    takes them.
+    """
     try:
         document = yaml.safe_load(read_text_file(path)) or {}
     except yaml.YAMLError as exc:
@@ -222,12 +366,101 @@ def load_web_config(path: Path) -> WebConfig:
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
     if config.tls_server_config is not None:
-        ssl_context(config.tls_server_config, path)
+        tls = config.tls_server_config.with_directory(path.parent)
+        config = config.model_copy(update={"tls_server_config": tls})
     return config
 
 
-def ssl_context(tls: TLSServerConfig, source: Path) -> ssl.SSLContext:
-    """Build the server's TLS context; raise ConfigError if a file is missing or wrong."""
+def load_web_config(path: Path) -> WebConfig:
+    """Read and check a web config file and the files it names; raise ConfigError (one line)."""
+    config = parse_web_config(path)
+    if config.tls_server_config is not None:
+        server_tls(config.tls_server_config, path)
+    return config
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The server's TLS context, and what it checks after the handshake (client SANs)."""
+
+    context: ssl.SSLContext
+    allowed_sans: frozenset[str] | None = None
+
+    def admits(self, peercert: Any) -> bool:
+        """Tell whether a verified client certificate may connect (client_allowed_sans).
+
+        `peercert` is what `getpeercert()` returns. As in exporter-toolkit, one of the
+        certificate's DNS, IP, email or URI names must equal an allowed value; IP addresses
+        compare in Go's form ("2001:db8::1").
+        """
+        if self.allowed_sans is None:
+            return True
+        if not isinstance(peercert, dict):
+            return False  # no certificate: nothing to match
+        for kind, value in peercert.get("subjectAltName", ()):
+            if kind == "IP Address":
+                try:
+                    value = str(ipaddress.ip_address(value.strip()))
+                except ValueError:
+                    continue
+            elif kind not in ("DNS", "email", "URI"):
+                continue
+            if value in self.allowed_sans:
+                return True
+        return False
+
+
+def _pem(inline: str | None, path: Path | None, field: str, source: Path) -> bytes:
+    """Return a PEM given inline or by file; raise ConfigError naming the field if unreadable."""
+    if inline is not None:
+        return inline.encode()
+    assert path is not None
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: tls_server_config.{field}: {path}: no such file") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{source}: tls_server_config.{field}: {path}: {reason}") from None
+
+
+def _load_cert_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """Load a certificate chain and key held in memory.
+
+    Python's ssl loads them from files only: they go into anonymous memory files
+    (memfd_create: in no directory, gone when closed), or where that is missing into 0600
+    files in a 0700 directory of their own, deleted at once. Never logged.
+    """
+    if hasattr(os, "memfd_create"):
+        fds = [os.memfd_create("tls", os.MFD_CLOEXEC) for _ in range(2)]
+        try:
+            for fd, data in zip(fds, (cert, key), strict=True):
+                with os.fdopen(fd, "wb", closefd=False) as file:
+                    file.write(data)
+            context.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    directory = tempfile.mkdtemp(prefix="pg-health-exporter-tls-")  # mode 0700
+    try:
+        paths = [os.path.join(directory, name) for name in ("cert.pem", "key.pem")]
+        for path, data in zip(paths, (cert, key), strict=True):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+        context.load_cert_chain(paths[0], paths[1])
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    """Return OpenSSL's reason for an error, without the source location ("(_ssl.c:3900)")."""
+    return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
+
+
+def server_tls(tls: TLSServerConfig, source: Path) -> ServerTLS:
+    """Build the server's TLS; raise ConfigError naming the file and field if one is wrong."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     context.maximum_version = TLS_VERSIONS[tls.max_version]
@@ -238,28 +471,217 @@ def ssl_context(tls: TLSServerConfig, source: Path) -> ssl.SSLContext:
             context.set_ciphers(":".join(GO_CIPHER_SUITES[suite] for suite in tls.cipher_suites))
         for curve in tls.curve_preferences:
             context.set_ecdh_curve(GO_CURVES[curve])
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-        if tls.client_ca_file is not None:
-            context.load_verify_locations(tls.client_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: tls_server_config: {reason}") from None
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{source}: tls_server_config: {_ssl_reason(exc)}") from None
+    cert_field = "cert_file" if tls.cert_file is not None else "cert"
+    key_field = "key_file" if tls.key_file is not None else "key"
+    cert = _pem(tls.cert, tls.cert_file, cert_field, source)
+    key = _pem(tls.key.get_secret_value() if tls.key else None, tls.key_file, key_field, source)
+    try:
+        _load_cert_chain(context, cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"{source}: tls_server_config.{cert_field}, {key_field}: {_ssl_reason(exc)}"
+        ) from None
+    if tls.client_ca_file is not None or tls.client_ca is not None:
+        ca_field = "client_ca_file" if tls.client_ca_file is not None else "client_ca"
+        ca = _pem(tls.client_ca, tls.client_ca_file, ca_field, source)
+        try:
+            context.load_verify_locations(cadata=ca.decode("utf-8", "replace"))
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"{source}: tls_server_config.{ca_field}: {_ssl_reason(exc)}"
+            ) from None
     if tls.client_auth_type == "RequireAndVerifyClientCert":
         context.verify_mode = ssl.CERT_REQUIRED
     elif tls.client_auth_type == "VerifyClientCertIfGiven":
         context.verify_mode = ssl.CERT_OPTIONAL
-    return context
+    allowed = frozenset(tls.client_allowed_sans) if tls.client_allowed_sans is not None else None
+    return ServerTLS(context, allowed)
 
 
-def headers_hook(
-    headers: dict[str, str],
-) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """Return an on_response_prepare hook adding http_server_config's headers to responses."""
+def ssl_context(tls: TLSServerConfig, source: Path) -> ssl.SSLContext:
+    """Build the server's TLS context; raise ConfigError if a file is missing or wrong."""
+    return server_tls(tls, source).context
 
-    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.update(headers)
 
-    return add_headers
+# What a file looked like when it was read: device, inode, size, mtime and ctime (ns); None
+# for a file that could not be looked at. cert-manager and kubelet replace a secret's files by
+# swapping a symlink, which changes the inode the path leads to.
+FileStamp = tuple[int, int, int, int, int] | None
+
+
+def _stamps(paths: tuple[Path, ...]) -> tuple[FileStamp, ...]:
+    stamps: list[FileStamp] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(stamps)
+
+
+class LiveWebConfig:
+    """A web config file, read again when it or a file it names has changed.
+
+    exporter-toolkit reads its web config file again for every new TLS connection and every
+    request, so a rotated certificate or a changed user list applies without a restart. Here
+    each new connection and each request looks at the files' metadata (a few `stat` calls),
+    and only a change makes the file be read and the TLS context be built again. A new
+    version that does not load leaves the last good one serving, with one WARNING line naming
+    the file and the field (once per broken version, not per connection). Turning TLS on or
+    off takes a restart, as it does in exporter-toolkit.
+    """
+
+    def __init__(self, path: Path | None, config: WebConfig) -> None:
+        """Serve `config`; read again from `path` when it changes (never, if None).
+
+        Raises ConfigError if a file the config names does not load.
+        """
+        self.path = path
+        self.config = config
+        tls = config.tls_server_config
+        self._tls = server_tls(tls, path or Path("web config")) if tls is not None else None
+        self._watched: tuple[Path, ...] = (path, *tls.files()) if path and tls else ()
+        if path is not None and not self._watched:
+            self._watched = (path,)
+        self._stamps = _stamps(self._watched)
+        self._broken: tuple[FileStamp, ...] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> LiveWebConfig:
+        """Read the web config file and the files it names; raise ConfigError (one line)."""
+        before = _stamps((path,))
+        live = cls(path, parse_web_config(path))
+        # Stamped before reading, so a change made while it was read is seen next time.
+        live._stamps = before + live._stamps[1:]
+        return live
+
+    @property
+    def tls(self) -> bool:
+        """Tell whether the server speaks TLS (decided at start)."""
+        return self._tls is not None
+
+    def server_tls(self) -> ServerTLS:
+        """Return the TLS to use for a new connection, read again first if a file changed."""
+        self.refresh()
+        assert self._tls is not None, "no tls_server_config"
+        return self._tls
+
+    def refresh(self) -> WebConfig:
+        """Read the files again if they changed; return the web config in force."""
+        if self.path is None:
+            return self.config
+        stamps = _stamps(self._watched)
+        if stamps == self._stamps or stamps == self._broken:
+            return self.config
+        path = self.path
+        config: WebConfig | None = None
+        try:
+            config = parse_web_config(path)
+            tls = config.tls_server_config
+            watched = (path, *tls.files()) if tls is not None else (path,)
+            if watched != self._watched:
+                stamps = _stamps(watched)
+            if (tls is None) != (self._tls is None):
+                raise ConfigError(
+                    f"{path}: tls_server_config: TLS is turned on or off by a restart only"
+                )
+            new_tls = server_tls(tls, path) if tls is not None else None
+        except ConfigError as exc:
+            # Watch the files the new version names too: a certificate it names may be
+            # written after it.
+            named = config.tls_server_config if config is not None else None
+            extra = tuple(f for f in (named.files() if named else ()) if f not in self._watched)
+            if extra:
+                self._watched += extra
+                self._stamps += _stamps(extra)
+                stamps = _stamps(self._watched)
+            self._broken = stamps
+            log.warning("%s; still serving the previous web config", exc)
+            return self.config
+        self.config, self._tls = config, new_tls
+        self._watched, self._stamps, self._broken = watched, stamps, None
+        log.info("web config %s read again: it or a file it names changed", path)
+        return config
+
+
+class TokenBucket:
+    """rate_limit: `burst` requests at once, then one per `interval` (Go's rate.Limiter)."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._tokens = float(limit.burst)
+        self._last = time.monotonic()
+
+    def allow(self) -> bool:
+        """Take a token if there is one; tell whether the request may go on."""
+        now = time.monotonic()
+        refill = (now - self._last) / self.limit.interval
+        self._tokens = min(float(self.limit.burst), self._tokens + refill)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class WebAccess:
+    """What the web config asks of every request: rate limit, basic auth, response headers.
+
+    Each request first reads the web config again if it changed (LiveWebConfig), so new users,
+    headers or limits apply to the next request. Paths in PUBLIC_PATHS (a liveness probe) are
+    neither limited nor asked for credentials.
+    """
+
+    def __init__(self, live: LiveWebConfig) -> None:
+        self._live = live
+        self._config = live.config
+        self._auth = BasicAuth(live.config.users())
+        self._bucket = self._bucket_for(live.config)
+
+    @staticmethod
+    def _bucket_for(config: WebConfig) -> TokenBucket | None:
+        return TokenBucket(config.rate_limit) if config.rate_limit.interval > 0 else None
+
+    def install(self, app: web.Application) -> None:
+        """Add the middleware, the headers hook and the cleanup to an application."""
+        app.middlewares.append(self.middleware)
+        app.on_response_prepare.append(self.add_headers)
+        app.on_cleanup.append(self._auth.on_cleanup)
+
+    def _follow(self, config: WebConfig) -> None:
+        if config.rate_limit != self._config.rate_limit:
+            self._bucket = self._bucket_for(config)
+        if config.basic_auth_users != self._config.basic_auth_users:
+            self._auth.use(config.users())
+        self._config = config
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer 429 over the rate limit, 401 without valid credentials, else the handler."""
+        config = self._live.refresh()
+        if config is not self._config:
+            self._follow(config)
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        if self._bucket is not None and not self._bucket.allow():
+            return web.Response(status=429, text="Too Many Requests\n")
+        if not config.basic_auth_users:
+            return await handler(request)
+        return await self._auth.middleware(request, handler)
+
+    async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Add http_server_config's headers to a response (on_response_prepare)."""
+        response.headers.update(self._config.http_server_config.headers)
+
+
+def install_web_config(app: web.Application, web_config: WebConfig | LiveWebConfig) -> None:
+    """Apply a web config's rate limit, basic auth and headers to an application's requests."""
+    live = web_config if isinstance(web_config, LiveWebConfig) else LiveWebConfig(None, web_config)
+    WebAccess(live).install(app)
 
 
 class BasicAuth:
@@ -281,19 +703,37 @@ class BasicAuth:
     MAX_REMEMBERED = 1024
 
     def __init__(self, users: dict[str, str]) -> None:
-        self._users = {user: hashed.encode() for user, hashed in users.items()}
         self._key = secrets.token_bytes(32)
         self._verified: set[bytes] = set()
-        cost = max((bcrypt_cost(hashed) for hashed in users.values()), default=10)
-        self._dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(rounds=cost))
+        self._dummies: dict[int, bytes] = {}  # bcrypt cost -> a hash of a random password
         self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
         self._rest_until = 0.0  # when the bcrypt thread may start its next check
+        self.use(users)
+
+    def use(self, users: dict[str, str]) -> None:
+        """Check against these users from now on (the web config changed).
+
+        The successes remembered so far are forgotten: a removed user or a changed password
+        must not go on working.
+        """
+        self._users = {user: hashed.encode() for user, hashed in users.items()}
+        self._dummy_cost = max((bcrypt_cost(hashed) for hashed in users.values()), default=10)
+        self._verified = set()
+
+    def _dummy(self, cost: int) -> bytes:
+        # On the bcrypt thread: making the dummy costs as much as a check.
+        if cost not in self._dummies:
+            salt = bcrypt.gensalt(rounds=cost)
+            self._dummies[cost] = bcrypt.hashpw(secrets.token_hex(16).encode(), salt)
+        return self._dummies[cost]
 
     def _digest(self, user: str, password: bytes) -> bytes:
         message = user.encode("utf-8", "surrogateescape") + b"\0" + password
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def _bcrypt_matches(self, password: bytes, hashed: bytes, wanted: Callable[[], bool]) -> bool:
+    def _bcrypt_matches(
+        self, password: bytes, hashed: bytes | int, wanted: Callable[[], bool]
+    ) -> bool:
         # On the bcrypt thread. Rest as long as the last check took before starting the next:
         # back-to-back wrong passwords then get half a core, not a whole one, of a machine
         # whose other cores (two, often) the scrapes need.
@@ -302,6 +742,8 @@ class BasicAuth:
             return False
         started = time.monotonic()
         try:
+            if isinstance(hashed, int):  # an unknown user: a dummy hash of this cost
+                hashed = self._dummy(hashed)
             return bcrypt.checkpw(password, hashed)
         except ValueError:  # bcrypt 5 refuses passwords over 72 bytes, for any user alike
             return False
@@ -325,17 +767,20 @@ class BasicAuth:
         digest = self._digest(user, password)
         if digest in self._verified:
             return True
-        hashed = self._users.get(user)
+        users = self._users
+        hashed = users.get(user)
         loop = asyncio.get_running_loop()
         matches = await loop.run_in_executor(
             self._checks,
             self._bcrypt_matches,
             password,
-            self._dummy if hashed is None else hashed,
+            self._dummy_cost if hashed is None else hashed,
             wanted,
         )
         if not (matches and hashed is not None):
             return False
+        if users is not self._users:  # the users changed meanwhile: do not remember
+            return True
         if len(self._verified) >= self.MAX_REMEMBERED:
             self._verified.clear()
         self._verified.add(digest)

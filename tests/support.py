@@ -284,6 +284,53 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+class TestCA:
+    """A certificate authority made with openssl, issuing server and client certificates.
+
+    Certificates carry the extensions Python 3.13's strict verification asks for; keys are
+    P-256 (quick to make). Skip the calling test without openssl.
+    """
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.cert = directory / "ca.crt"
+        self._key = directory / "ca.key"
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                      "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                      "-keyout", str(self._key), "-out", str(self.cert))  # fmt: skip
+
+    def _openssl(self, *args: str) -> None:
+        subprocess.run(
+            [require_tool("openssl"), *args], cwd=self.directory, check=True, capture_output=True
+        )
+
+    def issue(
+        self, name: str, *, sans: str, client: bool = False, serial: int = 1
+    ) -> tuple[Path, Path]:
+        """Issue a certificate with subject CN=name and the given subjectAltName ("IP:...").
+
+        Return (certificate, key) in the CA's directory, named after ``name``.
+        """
+        cert, key, csr = (self.directory / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
+        self._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                      "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))  # fmt: skip
+        usage = "clientAuth" if client else "serverAuth"
+        extensions = self.directory / f"{name}.ext"
+        extensions.write_text(
+            "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid,issuer\n"
+            f"keyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
+            f"subjectAltName={sans}\n"
+        )
+        self._openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert),
+                      "-CAkey", str(self._key), "-set_serial", str(serial), "-days", "1",
+                      "-extfile", str(extensions), "-out", str(cert))  # fmt: skip
+        return cert, key
+
+
 def promtool(
     *args: str, page: str | None = None, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -151,7 +151,7 @@ async def auth_client(pg: Server) -> AsyncIterator[TestClient[Any, Any]]:
     hashed = bcrypt.hashpw(b"scrape-pw", bcrypt.gensalt(rounds=4)).decode()
     settings = load_settings(None, data_source_name=pg.monitor())
     fleet = build_fleet(settings, CATALOG)
-    config = WebConfig(basic_auth_users={"prometheus": hashed})
+    config = WebConfig.model_validate({"basic_auth_users": {"prometheus": hashed}})
     client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings, fleet, config)))
     await client.start_server()
     yield client
