@@ -242,17 +242,29 @@ def _budget_lines(target: Target) -> list[str]:
     return lines
 
 
-#: The health page reuses a collection this recent; an older one (or none) is collected anew.
+#: The health page reuses a collection this recent; an older one is renewed in the background.
 FRESH_SECONDS = 60.0
+# Renewals the health page started and does not wait for (a task nobody holds may vanish).
+_renewals: set[asyncio.Task[Snapshot]] = set()
 
 
 async def target_health(
     target: Target, link: str, timeout: float, *, note: str = ""
 ) -> TargetHealth:
-    """Judge a target's checks on its last collection, collecting only if that is stale."""
+    """Judge a target's checks on its last collection; collect only if there is none.
+
+    A stale collection is shown at once (with its time) and renewed in the background: the
+    page must answer fast whatever the database does, since orchestrators probe it (the
+    postgres_exporter Helm chart's liveness and readiness probes GET / with a one-second
+    timeout), and a restart is the wrong answer to a database that is down or slow.
+    """
     last = target.last_collected_at
-    if last is None or time.time() - last > FRESH_SECONDS:
+    if last is None:
         await target.scrape(timeout)
+    elif time.time() - last > FRESH_SECONDS:
+        renewal = asyncio.create_task(target.scrape(timeout), name=f"{target.name}: page renewal")
+        _renewals.add(renewal)
+        renewal.add_done_callback(_renewals.discard)
     families = target.last_families or []
     results = evaluate(families, up=target.last_up, pgbouncer=target.pgbouncer)
     return TargetHealth(

@@ -8,6 +8,8 @@ The only timings asserted are the product's promise (plus SLACK for a loaded tes
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from pathlib import Path
 
 import psycopg
@@ -30,6 +32,8 @@ from tests.support import (
     settle,
     sleeper,
     user_collectors,
+    wait_for_async,
+    wait_until_sleeping,
 )
 
 
@@ -178,3 +182,35 @@ async def test_collector_waits_on_a_lock_held_by_another_session(
         assert cached == 1
     assert released.value("pg_test_locked_value") == 3
     assert released.find("pg_table_heap_bytes", relname="locked")
+
+
+async def test_the_health_page_answers_at_once_and_renews_a_stale_collection_behind(
+    pg: Server, database: str, tmp_path: Path, exporter_for: ExporterFactory
+) -> None:
+    # Orchestrators probe / (postgres_exporter's Helm chart: liveness and readiness, 1 s
+    # timeout): a stale collection is shown as it is while a new one runs in the background.
+    collectors = user_collectors(tmp_path, a_quick=QUICK, b_slow=sleeper("slow", 2))
+    exporter = await exporter_for(pg.monitor(database), collectors)
+
+    def age(page: str) -> int:
+        match = re.search(r"collected (\d+) s ago", page)
+        assert match is not None, page[:2000]
+        return int(match[1])
+
+    first = await exporter.get(path="/", header=None)  # nothing collected yet: waits for one
+    assert first.status == 200 and age(first.text) < 60
+    assert exporter.target.last_collected_at is not None
+    exporter.target.last_collected_at -= 3600
+    stale = exporter.target.last_collected_at
+    page = await exporter.get(path="/", header=None)
+    # Shown as it was, an hour old: the page did not wait for the renewal...
+    assert page.status == 200 and age(page.text) >= 3600
+    # ...which runs behind it, and is there for the next look.
+    await wait_until_sleeping(pg.admin(), exporter.application_name)
+    await wait_for_async(
+        "the renewal to finish",
+        lambda: asyncio.sleep(0, (exporter.target.last_collected_at or 0) > stale),
+    )
+    renewed = await exporter.get(path="/", header=None)
+    assert age(renewed.text) < 60
+    assert (exporter.target.last_collected_at or 0) > time.time() - 60
