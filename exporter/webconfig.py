@@ -505,9 +505,14 @@ def ssl_context(tls: TLSServerConfig, source: Path) -> ssl.SSLContext:
     return server_tls(tls, source).context
 
 
-# What a file looked like when it was read: device, inode, size, mtime and ctime (ns); None
-# for a file that could not be looked at. cert-manager and kubelet replace a secret's files by
-# swapping a symlink, which changes the inode the path leads to.
+# How often the contents of the watched files are compared, besides their metadata: a
+# rewrite of the same size within a file system's timestamp granularity (a few milliseconds,
+# two seconds on some) leaves the metadata as it was.
+CONTENT_CHECK_SECONDS = 1.0
+
+# What a file looked like: device, inode, size, mtime and ctime (ns); None for a file that
+# could not be looked at. cert-manager and kubelet replace a secret's files by swapping a
+# symlink, which changes the inode the path leads to.
 FileStamp = tuple[int, int, int, int, int] | None
 
 
@@ -523,16 +528,40 @@ def _stamps(paths: tuple[Path, ...]) -> tuple[FileStamp, ...]:
     return tuple(stamps)
 
 
+def _digest(paths: tuple[Path, ...]) -> bytes:
+    summary = hashlib.sha256()
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+            summary.update(b"unreadable")
+        summary.update(len(data).to_bytes(8, "big") + data)
+    return summary.digest()
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What the watched files looked like: their metadata, and a digest of their contents."""
+
+    stamps: tuple[FileStamp, ...]
+    digest: bytes
+
+    def same(self, stamps: tuple[FileStamp, ...], digest: bytes | None) -> bool:
+        """Tell whether the files still look so (the digest compared only if taken)."""
+        return stamps == self.stamps and digest in (None, self.digest)
+
+
 class LiveWebConfig:
     """A web config file, read again when it or a file it names has changed.
 
     exporter-toolkit reads its web config file again for every new TLS connection and every
     request, so a rotated certificate or a changed user list applies without a restart. Here
-    each new connection and each request looks at the files' metadata (a few `stat` calls),
-    and only a change makes the file be read and the TLS context be built again. A new
-    version that does not load leaves the last good one serving, with one WARNING line naming
-    the file and the field (once per broken version, not per connection). Turning TLS on or
-    off takes a restart, as it does in exporter-toolkit.
+    each new connection and each request looks at the files' metadata (a few `stat` calls;
+    their contents too, once a second at most), and only a change makes the file be read and
+    the TLS context be built again. A new version that does not load leaves the last good one
+    serving, with one WARNING line naming the file and the field (once per broken version,
+    not per connection). Turning TLS on or off takes a restart, as in exporter-toolkit.
     """
 
     def __init__(self, path: Path | None, config: WebConfig) -> None:
@@ -544,20 +573,25 @@ class LiveWebConfig:
         self.config = config
         tls = config.tls_server_config
         self._tls = server_tls(tls, path or Path("web config")) if tls is not None else None
-        self._watched: tuple[Path, ...] = (path, *tls.files()) if path and tls else ()
-        if path is not None and not self._watched:
-            self._watched = (path,)
-        self._stamps = _stamps(self._watched)
-        self._broken: tuple[FileStamp, ...] | None = None
+        self._watched = self._files(config)
+        self._seen = self._look(self._watched)
+        self._broken: _Look | None = None
+        self._content_checked = time.monotonic()
 
     @classmethod
     def load(cls, path: Path) -> LiveWebConfig:
         """Read the web config file and the files it names; raise ConfigError (one line)."""
-        before = _stamps((path,))
-        live = cls(path, parse_web_config(path))
-        # Stamped before reading, so a change made while it was read is seen next time.
-        live._stamps = before + live._stamps[1:]
-        return live
+        return cls(path, parse_web_config(path))
+
+    def _files(self, config: WebConfig) -> tuple[Path, ...]:
+        if self.path is None:
+            return ()
+        tls = config.tls_server_config
+        return (self.path, *tls.files()) if tls is not None else (self.path,)
+
+    @staticmethod
+    def _look(paths: tuple[Path, ...]) -> _Look:
+        return _Look(_stamps(paths), _digest(paths))
 
     @property
     def tls(self) -> bool:
@@ -575,35 +609,43 @@ class LiveWebConfig:
         if self.path is None:
             return self.config
         stamps = _stamps(self._watched)
-        if stamps == self._stamps or stamps == self._broken:
+        digest = None
+        now = time.monotonic()
+        if now - self._content_checked >= CONTENT_CHECK_SECONDS:
+            self._content_checked = now
+            digest = _digest(self._watched)
+        if self._seen.same(stamps, digest):
             return self.config
+        if self._broken is not None and self._broken.same(stamps, digest):
+            return self.config
+        # Taken before reading: a change made while the files are read is seen next time.
+        before = _Look(stamps, digest or _digest(self._watched))
         path = self.path
         config: WebConfig | None = None
         try:
             config = parse_web_config(path)
             tls = config.tls_server_config
-            watched = (path, *tls.files()) if tls is not None else (path,)
-            if watched != self._watched:
-                stamps = _stamps(watched)
             if (tls is None) != (self._tls is None):
                 raise ConfigError(
                     f"{path}: tls_server_config: TLS is turned on or off by a restart only"
                 )
             new_tls = server_tls(tls, path) if tls is not None else None
         except ConfigError as exc:
-            # Watch the files the new version names too: a certificate it names may be
-            # written after it.
-            named = config.tls_server_config if config is not None else None
-            extra = tuple(f for f in (named.files() if named else ()) if f not in self._watched)
+            watched = self._files(config) if config is not None else self._watched
+            extra = tuple(file for file in watched if file not in self._watched)
             if extra:
+                # Watch the files the new version names: they may be written after it.
                 self._watched += extra
-                self._stamps += _stamps(extra)
-                stamps = _stamps(self._watched)
-            self._broken = stamps
+                self._seen = _Look((*self._seen.stamps, *_stamps(extra)), self._seen.digest)
+                before = self._look(self._watched)
+            self._broken = before
             log.warning("%s; still serving the previous web config", exc)
             return self.config
-        self.config, self._tls = config, new_tls
-        self._watched, self._stamps, self._broken = watched, stamps, None
+        watched = self._files(config)
+        # A file newly named was read just now; a change since is caught by the next look
+        # at the contents.
+        self._seen = before if watched == self._watched else self._look(watched)
+        self.config, self._tls, self._watched, self._broken = config, new_tls, watched, None
         log.info("web config %s read again: it or a file it names changed", path)
         return config
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ from typing import Any
 import bcrypt
 import pytest
 
+from exporter import webconfig
+from exporter.webconfig import LiveWebConfig
 from tests.process import serve_on_a_free_port
 from tests.support import REPOSITORY, TestCA, free_port, require_tool
 
@@ -103,15 +106,16 @@ def request(
     *,
     context: ssl.SSLContext | None = None,
     headers: Mapping[str, str] | None = None,
+    method: str = "GET",
 ) -> tuple[int, dict[str, str]]:
-    """Send one GET on a fresh connection; return status and headers."""
+    """Send one request on a fresh connection; return status and headers."""
     conn = (
         http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
         if context is not None
         else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     )
     try:
-        conn.request("GET", path, headers=dict(headers or {}))
+        conn.request(method, path, headers=dict(headers or {}))
         response = conn.getresponse()
         response.read()
         return response.status, dict(response.getheaders())
@@ -206,6 +210,10 @@ def test_changed_users_and_headers_apply_to_the_next_request(tmp_path: Path) -> 
         assert request(port, headers=basic("prometheus", "plaintext-not-a-hash"))[0] == 401
         problems = warnings(log, "still serving the previous web config")
         assert len(problems) == 1 and "basic_auth_users" in problems[0], problems
+        # A reload (SIGHUP, POST /-/reload) checks the web config too, and says it is broken.
+        credentials = basic("prometheus", "second-pw")
+        assert request(port, "/-/reload", headers=credentials, method="POST")[0] == 500
+        assert "basic_auth_users" in warnings(log, "reload failed")[-1]
         # No users at all: no credentials asked for.
         replace(web, b"basic_auth_users: {}\n")
         assert request(port)[0] == 200
@@ -328,3 +336,62 @@ def test_rate_limit(tmp_path: Path) -> None:
     with exporter(tmp_path, web) as (port, _):
         assert [request(port)[0] for _ in range(3)] == [200, 200, 429]
         assert request(port, "/healthz")[0] == 200  # a liveness probe is never limited
+
+
+# ---------------------------------------------------------------- LiveWebConfig in-process
+
+
+def test_a_rewrite_that_leaves_the_metadata_as_it_was_is_seen_by_its_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  prometheus: '{bcrypt_hash('one')}'\n")
+    live = LiveWebConfig.load(web)
+    # As if the file system kept the same size, inode and times (coarse timestamps).
+    monkeypatch.setattr(webconfig, "_stamps", lambda paths: (None,) * len(paths))
+    monkeypatch.setattr(webconfig, "CONTENT_CHECK_SECONDS", 0.0)
+    live.refresh()
+    first = live.config
+    web.write_text(f"basic_auth_users:\n  prometheus: '{bcrypt_hash('two')}'\n")
+    assert live.refresh() is not first
+    assert live.refresh() is live.config  # and then quiet
+
+
+def test_a_certificate_named_before_it_is_written_is_taken_once_written(
+    ca: TestCA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = ca.directory
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {pki / 'server-a.crt'}\n"
+        f"  key_file: {pki / 'server-a.key'}\n"
+    )
+    live = LiveWebConfig.load(web)
+    old = live.server_tls()
+    replace(web, b"tls_server_config:\n  cert_file: new.crt\n  key_file: new.key\n")
+    with caplog.at_level(logging.INFO, logger="exporter.webconfig"):
+        for _ in range(3):
+            assert live.server_tls() is old
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert "tls_server_config.cert_file" in caplog.records[0].getMessage()
+        (tmp_path / "new.key").write_bytes((pki / "server-b.key").read_bytes())
+        (tmp_path / "new.crt").write_bytes((pki / "server-b.crt").read_bytes())
+        assert live.server_tls() is not old
+        assert caplog.records[-1].levelname == "INFO"
+
+
+def test_tls_is_turned_on_or_off_by_a_restart_only(
+    ca: TestCA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: {}\n")
+    live = LiveWebConfig.load(web)
+    pki = ca.directory
+    replace(
+        web,
+        f"tls_server_config:\n  cert_file: {pki / 'server-a.crt'}\n"
+        f"  key_file: {pki / 'server-a.key'}\n".encode(),
+    )
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        assert live.refresh().tls_server_config is None and not live.tls
+    assert "by a restart only" in caplog.text
