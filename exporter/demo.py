@@ -111,7 +111,7 @@ def run_demo(listen_address: str) -> int:
         host, port = listen_host_port(listen_address)
         print(
             f"PostgreSQL {server.major} demo database '{DEMO_DATABASE}' on port {server.port}\n"
-            f"exporter on http://{host}:{port}/metrics  (Ctrl-C stops everything)",
+            f"exporter on http://{host or 'localhost'}:{port}/metrics  (Ctrl-C stops everything)",
             flush=True,
         )
         web.run_app(app, host=host, port=port, print=None)

@@ -24,6 +24,7 @@ in one line, never as a traceback per socket.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -510,6 +511,41 @@ def systemd_sockets() -> list[socket.socket]:
     return sockets
 
 
+def every_interface(port: int) -> socket.socket:
+    """Return a socket listening on `port` of every interface, IPv6 and IPv4 alike.
+
+    As Go's ":PORT": one dual-stack socket where the host has IPv6 (an IPv6-only cluster
+    reaches it too), else IPv4 alone. asyncio's own binding of an empty host would make
+    IPv6 sockets IPv6-only.
+    """
+    try:
+        listening = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if listening.family == socket.AF_INET6:
+            listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                listening.bind(("::", port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise
+                # IPv6 present but unusable here (disabled on the host): IPv4 alone.
+                listening.close()
+                listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listening.bind(("0.0.0.0", port))
+        else:
+            listening.bind(("0.0.0.0", port))
+        listening.listen(BACKLOG)
+    except BaseException:
+        listening.close()
+        raise
+    listening.setblocking(False)
+    return listening
+
+
 def _where(listening: socket.socket) -> str:
     host, port = listening.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -545,15 +581,19 @@ async def serve_forever(
         try:
             for host, port in endpoints:
                 try:
-                    servers.append(
-                        await loop.create_server(
+                    if host:
+                        server = await loop.create_server(
                             gate.protocol_factory(runner.server),
                             host,
                             port,
                             reuse_address=True,
                             backlog=BACKLOG,
                         )
-                    )
+                    else:
+                        server = await loop.create_server(
+                            gate.protocol_factory(runner.server), sock=every_interface(port)
+                        )
+                    servers.append(server)
                 except OSError as exc:
                     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                     raise ExporterError(f"cannot listen on {host}:{port}: {reason}") from None

@@ -618,10 +618,10 @@ _FIELD_OF_ALIAS = {
 
 
 def listen_host_port(address: str) -> tuple[str, int]:
-    """Split 'HOST:PORT' (HOST may be empty for all interfaces).
+    """Split 'HOST:PORT' (HOST may be empty: every interface, IPv6 and IPv4).
 
     >>> listen_host_port(":9187")
-    ('0.0.0.0', 9187)
+    ('', 9187)
     >>> listen_host_port("127.0.0.1:9999")
     ('127.0.0.1', 9999)
     >>> listen_host_port("[::1]:9187")
@@ -638,7 +638,7 @@ def listen_host_port(address: str) -> tuple[str, int]:
         or any(c.isspace() or c in "/?#@" for c in host)
     ):
         raise ValueError(f"{address[:60]!r} is not HOST:PORT (an IPv6 address in brackets)")
-    return (host[1:-1] if bracketed else host or "0.0.0.0", int(port))
+    return (host[1:-1] if bracketed else host, int(port))
 
 
 def listen_endpoints(addresses: str) -> list[tuple[str, int]]:

@@ -90,3 +90,65 @@ def test_systemd_socket_without_systemd_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert "--web.systemd-socket: no socket passed by systemd" in line
+
+
+# Run inside a network namespace of its own (only a loopback), so that listening on every
+# interface exposes nothing of this machine: an exporter on ":PORT", reached over IPv4 and IPv6.
+_IN_NAMESPACE = """\
+import subprocess, sys, time, urllib.request
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+if sys.argv[1] == "no-ipv6":
+    subprocess.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=True)
+    subprocess.run(["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"], check=True)
+exporter = subprocess.Popen(
+    [sys.executable, "-m", "exporter", "--web.listen-address", ":9187"],
+    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+)
+try:
+    for url in ("http://127.0.0.1:9187/healthz", "http://[::1]:9187/healthz"):
+        for _ in range(100):
+            try:
+                print(url, urllib.request.urlopen(url, timeout=2).status)
+                break
+            except OSError as exc:
+                reason = exc
+                time.sleep(0.1)
+        else:
+            print(url, "unreachable:", reason)
+finally:
+    exporter.terminate()
+    print(exporter.communicate(timeout=10)[0])
+"""
+
+
+def _in_a_namespace(mode: str) -> str:
+    result = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-c", _IN_NAMESPACE, mode],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "HOME": "/tmp", "PYTHONPATH": str(REPOSITORY),
+             "DATA_SOURCE_NAME": "host=127.0.0.1 port=1 connect_timeout=1"},
+        cwd=REPOSITORY,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0 and "unshare" in result.stderr:
+        pytest.skip(f"no network namespace here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare")
+def test_an_empty_host_serves_ipv4_and_ipv6() -> None:
+    # As Go's ":9187" (postgres_exporter's default): one dual-stack socket.
+    out = _in_a_namespace("ipv6")
+    assert "http://127.0.0.1:9187/healthz 200" in out, out
+    assert "http://[::1]:9187/healthz 200" in out, out
+    assert "serving on http://[::]:9187/metrics" in out, out
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare")
+def test_an_empty_host_without_ipv6_serves_ipv4() -> None:
+    # IPv6 switched off on the host (a common hardening): IPv4 is served all the same.
+    out = _in_a_namespace("no-ipv6")
+    assert "http://127.0.0.1:9187/healthz 200" in out, out
