@@ -57,7 +57,7 @@ import shutil
 import ssl
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +66,8 @@ from typing import Any, Literal
 import bcrypt
 import yaml
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -75,6 +77,7 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.appkeys import PROCESS_REGISTRY
 from exporter.errors import ConfigError
 from exporter.settings import describe_validation_error, go_duration_seconds, read_text_file
 
@@ -552,7 +555,7 @@ class _Look:
         return stamps == self.stamps and digest in (None, self.digest)
 
 
-class LiveWebConfig:
+class LiveWebConfig(Collector):
     """A web config file, read again when it or a file it names has changed.
 
     exporter-toolkit reads its web config file again for every new TLS connection and every
@@ -562,6 +565,9 @@ class LiveWebConfig:
     the TLS context be built again. A new version that does not load leaves the last good one
     serving, with one WARNING line naming the file and the field (once per broken version,
     not per connection). Turning TLS on or off takes a restart, as in exporter-toolkit.
+
+    As a collector it reports how the last reading went, so that a certificate rotation
+    that broke can be alerted on, not only found in the log.
     """
 
     def __init__(self, path: Path | None, config: WebConfig) -> None:
@@ -577,6 +583,7 @@ class LiveWebConfig:
         self._seen = self._look(self._watched)
         self._broken: _Look | None = None
         self._content_checked = time.monotonic()
+        self.successful, self.success_time = True, time.time()
 
     @classmethod
     def load(cls, path: Path) -> LiveWebConfig:
@@ -638,7 +645,7 @@ class LiveWebConfig:
                 self._watched += extra
                 self._seen = _Look((*self._seen.stamps, *_stamps(extra)), self._seen.digest)
                 before = self._look(self._watched)
-            self._broken = before
+            self._broken, self.successful = before, False
             log.warning("%s; still serving the previous web config", exc)
             return self.config
         watched = self._files(config)
@@ -646,8 +653,23 @@ class LiveWebConfig:
         # at the contents.
         self._seen = before if watched == self._watched else self._look(watched)
         self.config, self._tls, self._watched, self._broken = config, new_tls, watched, None
+        self.successful, self.success_time = True, time.time()
         log.info("web config %s read again: it or a file it names changed", path)
         return config
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield the outcome of the last reading of the web config."""
+        yield GaugeMetricFamily(
+            "pg_exporter_web_config_last_reload_successful",
+            "1 if the web config (and the certificates, keys and CAs it names) last read"
+            " loaded, 0 if the previous one is still serving.",
+            value=1.0 if self.successful else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "pg_exporter_web_config_last_reload_success_timestamp_seconds",
+            "When the web config in force was read, unix seconds.",
+            value=self.success_time,
+        )
 
 
 class TokenBucket:
@@ -724,6 +746,13 @@ def install_web_config(app: web.Application, web_config: WebConfig | LiveWebConf
     """Apply a web config's rate limit, basic auth and headers to an application's requests."""
     live = web_config if isinstance(web_config, LiveWebConfig) else LiveWebConfig(None, web_config)
     WebAccess(live).install(app)
+    if live.path is not None:
+
+        async def report_reloads(app: web.Application) -> None:
+            if PROCESS_REGISTRY in app:
+                app[PROCESS_REGISTRY].register(live)
+
+        app.on_startup.append(report_reloads)
 
 
 class BasicAuth:

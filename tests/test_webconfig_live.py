@@ -29,7 +29,7 @@ import pytest
 from exporter import webconfig
 from exporter.webconfig import LiveWebConfig
 from tests.process import serve_on_a_free_port
-from tests.support import REPOSITORY, TestCA, free_port, require_tool
+from tests.support import REPOSITORY, Scrape, TestCA, free_port, require_tool
 
 # Nothing listens there: these tests are about the HTTP side, not the database.
 DSN = f"host=127.0.0.1 port={free_port()} user=nobody connect_timeout=1"
@@ -123,6 +123,17 @@ def request(
         conn.close()
 
 
+def web_config_loaded(port: int, headers: Mapping[str, str]) -> float:
+    """Return pg_exporter_web_config_last_reload_successful from /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/metrics", headers=dict(headers))
+        page = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return Scrape(page).value("pg_exporter_web_config_last_reload_successful")
+
+
 def refused(port: int, context: ssl.SSLContext) -> bool:
     """Tell whether a TLS client is refused: the handshake fails or the connection closes."""
     try:
@@ -202,6 +213,7 @@ def test_changed_users_and_headers_apply_to_the_next_request(tmp_path: Path) -> 
         )
         # The old password was remembered as good: it must not be any more.
         assert request(port, headers=basic("prometheus", "first-pw"))[0] == 401
+        assert web_config_loaded(port, basic("prometheus", "second-pw")) == 1
         status, headers = request(port, headers=basic("prometheus", "second-pw"))
         assert status == 200 and headers["X-Frame-Options"] == "deny"
         # A broken user list leaves the last good one in force, with one warning.
@@ -212,6 +224,7 @@ def test_changed_users_and_headers_apply_to_the_next_request(tmp_path: Path) -> 
         assert len(problems) == 1 and "basic_auth_users" in problems[0], problems
         # A reload (SIGHUP, POST /-/reload) checks the web config too, and says it is broken.
         credentials = basic("prometheus", "second-pw")
+        assert web_config_loaded(port, credentials) == 0
         assert request(port, "/-/reload", headers=credentials, method="POST")[0] == 500
         assert "basic_auth_users" in warnings(log, "reload failed")[-1]
         # No users at all: no credentials asked for.
