@@ -223,7 +223,8 @@ def server_label(dsn: str) -> str:
 
     Its defaults too (localhost, 5432). A Unix socket keeps its directory (the port names the
     socket file in it); an IPv6 address is bracketed; several hosts are each paired with
-    their port, in libpq's order.
+    their port, in libpq's order; a DSN naming no host but a service (pg_service.conf) is
+    known by the service.
 
     >>> server_label("postgresql://u:pw@db1.example.com:6432/app")
     'db1.example.com:6432'
@@ -235,11 +236,16 @@ def server_label(dsn: str) -> str:
     ('h1:5433,h2:5432', 'a:6432,b:6432')
     >>> server_label("postgresql://[::1]:5433/db"), server_label("hostaddr=10.0.0.1")
     ('[::1]:5433', '10.0.0.1:5432')
+    >>> server_label("service=reporting"), server_label("service=reporting port=6432")
+    ('service=reporting', 'service=reporting:6432')
     """
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<invalid dsn>"
+    if params.get("service") and not (params.get("host") or params.get("hostaddr")):
+        port = params.get("port")
+        return f"service={params['service']}" + (f":{port}" if port else "")
     hosts = str(params.get("host") or params.get("hostaddr") or "localhost").split(",")
     ports = str(params.get("port") or "").split(",")
     if len(ports) == 1:
@@ -257,12 +263,15 @@ def server_labels(dsns: list[str]) -> list[str]:
     """Return the `server` label of each DSN, distinct; raise ConfigError for a DSN given twice.
 
     DSNs that reach one host:port (a PgBouncer routing databases to several servers, say)
-    are told apart by their database, libpq's default for it being the user name.
+    are told apart by their database, libpq's default for it being the user name; those
+    that differ still (another user, say) by their place in the list.
 
     >>> server_labels(["host=a", "host=b port=6432"])
     ['a:5432', 'b:6432']
     >>> server_labels(["host=a dbname=one", "host=a dbname=two", "host=b"])
     ['a:5432/one', 'a:5432/two', 'b:5432']
+    >>> server_labels(["host=a user=x dbname=d", "host=a user=y dbname=d"])
+    ['a:5432/d', 'a:5432/d#2']
     """
     plain = [server_label(dsn) for dsn in dsns]
     labels = []
@@ -271,11 +280,19 @@ def server_labels(dsns: list[str]) -> list[str]:
             params = conninfo_to_dict(dsn)
             label += "/" + str(params.get("dbname") or params.get("user") or "")
         labels.append(label)
-    for number, label in enumerate(labels, 1):
-        first = labels.index(label) + 1
-        if first != number:
+    for index, label in enumerate(list(labels)):
+        first = labels.index(label)
+        if first == index:
+            continue
+        if _without_secrets(dsns[first]) == _without_secrets(dsns[index]):
             raise ConfigError(
-                f"DATA_SOURCE_NAME: DSNs {first} and {number} both reach {label}:"
+                f"DATA_SOURCE_NAME: DSNs {first + 1} and {index + 1} both reach {label}:"
                 " give each server once (every database of a server is scraped from one DSN)"
             )
+        labels[index] = f"{label}#{index + 1}"
     return labels
+
+
+def _without_secrets(dsn: str) -> dict[str, str]:
+    params = conninfo_to_dict(dsn)
+    return {key: str(value) for key, value in params.items() if key not in _SECRET_KEYS}
