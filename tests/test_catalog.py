@@ -9,6 +9,7 @@ import pytest
 
 import exporter.catalog
 import exporter.compat
+import exporter.constlabels
 import exporter.dsn
 import exporter.exposition
 import exporter.info
@@ -28,6 +29,7 @@ from tests.support import GOOD_COLLECTOR
     [
         exporter.catalog,
         exporter.compat,
+        exporter.constlabels,
         exporter.dsn,
         exporter.exposition,
         exporter.info,
