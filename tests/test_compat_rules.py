@@ -8,7 +8,6 @@ and a live scrape shows every series the rules and the mixin's panels read.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from exporter import selfmetrics
 from exporter.target import Target
 from tests.dashboards_support import metric_names
+from tests.prometheus_support import (
+    MIXIN_NOT_BUILT,
+    MIXIN_SHOWN_BY_MIXIN_STACK,
+    MIXIN_SHOWN_BY_SCENARIO,
+    mixin_alert_rules,
+    mixin_dashboard_exprs,
+)
 from tests.support import CATALOG, REPOSITORY, Server, execute, needs_tool, promtool, scrape_async
 
 COMPAT = REPOSITORY / "dashboards" / "compat"
@@ -36,26 +42,8 @@ def _recorded() -> dict[str, str]:
     return {rule["record"]: rule["expr"] for rule in _rules(COMPAT / "postgres_exporter.yml")}
 
 
-def _dashboard_exprs() -> list[str]:
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "expr" and isinstance(value, str):
-                    found.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads((MIXIN / "postgres-overview.json").read_text()))
-    return found
-
-
 def _mixin_names() -> set[str]:
-    exprs = [rule["expr"] for rule in _rules(MIXIN / "alerts.yaml")] + _dashboard_exprs()
+    exprs = [rule["expr"] for rule in _rules(MIXIN / "alerts.yaml")] + mixin_dashboard_exprs()
     grafana = {"$__rate_interval": "5m", "$__interval": "1m", "$interval": "1m"}
     names: set[str] = set()
     for expr in exprs:
@@ -92,6 +80,15 @@ def test_every_mixin_alert_fires_from_our_metrics() -> None:
     alerts = {rule["alert"] for rule in _rules(MIXIN / "alerts.yaml")}
     assert len(alerts) == 15
     assert alerts - CANNOT_FIRE <= tested, alerts - CANNOT_FIRE - tested
+
+
+def test_every_mixin_alert_is_shown_active_in_a_real_prometheus_or_said_why_not() -> None:
+    """tests/test_e2e_prometheus.py and tests/test_e2e_mixin.py build the conditions."""
+    groups = [MIXIN_SHOWN_BY_SCENARIO, MIXIN_SHOWN_BY_MIXIN_STACK, frozenset(MIXIN_NOT_BUILT)]
+    everything = frozenset().union(*groups)
+    assert sum(map(len, groups)) == len(everything), "an alert is in two groups"
+    assert everything == set(mixin_alert_rules())
+    assert set(MIXIN_NOT_BUILT) >= CANNOT_FIRE
 
 
 def test_every_name_the_mixin_reads_is_recorded_or_ours() -> None:

@@ -12,7 +12,6 @@ hour ago" for a 15-minute view is four intervals, as 4 s is here.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,28 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.process import serve_on_a_free_port
+from tests.prometheus_support import fast_rules, http_json, start_prometheus, stop_process
 from tests.seed_jobs_support import build_seed_problems, fix_seed_problems
-from tests.support import REPOSITORY, Server, connect, free_port, wait_for
+from tests.support import Server, connect, free_port, needs_tool, wait_for
 
-PROMETHEUS = Path("/usr/bin/prometheus")
-RULES = ("recording.yml", "alerts.yml")
 ALERTS = ("PostgresPartitionsNotDropped", "PostgresMaterializedViewStale")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not PROMETHEUS.is_file(),
-        reason="no /usr/bin/prometheus (Debian package prometheus; .ci/run installs it)",
-    ),
-]
-
-
-def http_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
+pytestmark = [pytest.mark.slow, needs_tool("prometheus")]
 
 
 def until(what: str, check: Callable[[], Any], seconds: float, logs: list[Path]) -> Any:
@@ -57,17 +43,6 @@ def until(what: str, check: Callable[[], Any], seconds: float, logs: list[Path])
     except AssertionError as exc:
         tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
         pytest.fail(f"{exc}\n{tails}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process this test started, by its PID."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @pytest.fixture
@@ -100,54 +75,26 @@ def stack(pg: Server, database: str, tmp_path: Path) -> Iterator[tuple[str, list
         _, exporter_port = serve_on_a_free_port(
             start_exporter, lambda port: tmp_path / f"exporter-{port}.log"
         )
-        rules = []
-        for name in RULES:
-            data = yaml.safe_load((REPOSITORY / "dashboards" / name).read_text())
-            for group in data["groups"]:
-                for rule in group["rules"]:
-                    if "for" in rule:
-                        rule["for"] = "1s"
-            path = tmp_path / name
-            path.write_text(yaml.safe_dump(data, sort_keys=False))
-            rules.append(str(path))
-        prometheus_yml = tmp_path / "prometheus.yml"
-        prometheus_yml.write_text(
-            yaml.safe_dump(
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": [str(path) for path in fast_rules(tmp_path)],
+            "scrape_configs": [
                 {
-                    "global": {
-                        "scrape_interval": "1s",
-                        "scrape_timeout": "1s",
-                        "evaluation_interval": "1s",
-                    },
-                    "rule_files": rules,
-                    "scrape_configs": [
-                        {
-                            "job_name": "postgres",
-                            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
-                        }
-                    ],
+                    "job_name": "postgres",
+                    "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
                 }
-            )
-        )
-        logs = [tmp_path / f"exporter-{exporter_port}.log", tmp_path / "prometheus.log"]
-        with logs[1].open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [
-                        str(PROMETHEUS),
-                        f"--config.file={prometheus_yml}",
-                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                        f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                        "--log.level=warn",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+            ],
+        }
+        prometheus_log = start_prometheus(tmp_path, config, prometheus_port, processes)
+        logs = [tmp_path / f"exporter-{exporter_port}.log", prometheus_log]
         yield f"http://127.0.0.1:{prometheus_port}", logs
     finally:
         for process in reversed(processes):
-            stop(process)
+            stop_process(process)
 
 
 def firing(prometheus: str) -> dict[tuple[str, str], dict[str, str]]:
