@@ -52,6 +52,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import shutil
 import ssl
@@ -59,6 +60,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -427,39 +429,47 @@ def _pem(inline: str | None, path: Path | None, field: str, source: Path) -> byt
         raise ConfigError(f"{source}: tls_server_config.{field}: {path}: {reason}") from None
 
 
-def _load_cert_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    """Load a certificate chain and key held in memory.
+@contextmanager
+def _memory_files(*contents: bytes) -> Iterator[list[str]]:
+    """Yield the paths of files holding these bytes (certificates, keys) while the block runs.
 
-    Python's ssl loads them from files only: they go into anonymous memory files
-    (memfd_create: in no directory, gone when closed), or where that is missing into 0600
-    files in a 0700 directory of their own, deleted at once. Never logged.
+    Python's ssl loads certificates and keys from files only. They go into anonymous memory
+    files (memfd_create: in no directory, gone when closed), or where those are missing into
+    0600 files in a 0700 directory of their own, deleted right after. Never logged.
     """
-    if hasattr(os, "memfd_create"):
-        fds = [os.memfd_create("tls", os.MFD_CLOEXEC) for _ in range(2)]
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fds: list[int] = []
         try:
-            for fd, data in zip(fds, (cert, key), strict=True):
-                with os.fdopen(fd, "wb", closefd=False) as file:
+            for data in contents:
+                fds.append(os.memfd_create("tls", os.MFD_CLOEXEC))
+                with os.fdopen(fds[-1], "wb", closefd=False) as file:
                     file.write(data)
-            context.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+            yield [f"/proc/self/fd/{fd}" for fd in fds]
         finally:
             for fd in fds:
                 os.close(fd)
         return
     directory = tempfile.mkdtemp(prefix="pg-health-exporter-tls-")  # mode 0700
     try:
-        paths = [os.path.join(directory, name) for name in ("cert.pem", "key.pem")]
-        for path, data in zip(paths, (cert, key), strict=True):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        paths = []
+        for number, data in enumerate(contents):
+            paths.append(os.path.join(directory, f"{number}.pem"))
+            fd = os.open(paths[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
-        context.load_cert_chain(paths[0], paths[1])
+        yield paths
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _ssl_reason(exc: ssl.SSLError) -> str:
+def _ssl_reason(exc: Exception) -> str:
     """Return OpenSSL's reason for an error, without the source location ("(_ssl.c:3900)")."""
-    return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
+    if isinstance(exc, ssl.SSLError):
+        if exc.reason:  # KEY_VALUES_MISMATCH
+            return str(exc.reason).lower().replace("_", " ")
+        text = re.sub(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(exc.strerror or exc))
+        return "not a PEM certificate or key" if text == "PEM lib" else text
+    return str(getattr(exc, "strerror", None) or exc).splitlines()[0]
 
 
 def server_tls(tls: TLSServerConfig, source: Path) -> ServerTLS:
@@ -480,9 +490,15 @@ def server_tls(tls: TLSServerConfig, source: Path) -> ServerTLS:
     key_field = "key_file" if tls.key_file is not None else "key"
     cert = _pem(tls.cert, tls.cert_file, cert_field, source)
     key = _pem(tls.key.get_secret_value() if tls.key else None, tls.key_file, key_field, source)
+    # Named by field where the text alone shows it; OpenSSL says only "PEM lib".
+    if b"-----BEGIN CERTIFICATE-----" not in cert:
+        raise ConfigError(f"{source}: tls_server_config.{cert_field}: no PEM certificate")
+    if b"PRIVATE KEY-----" not in key:
+        raise ConfigError(f"{source}: tls_server_config.{key_field}: no PEM private key")
     try:
-        _load_cert_chain(context, cert, key)
-    except ssl.SSLError as exc:
+        with _memory_files(cert, key) as (cert_path, key_path):
+            context.load_cert_chain(cert_path, key_path)
+    except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{source}: tls_server_config.{cert_field}, {key_field}: {_ssl_reason(exc)}"
         ) from None
@@ -490,8 +506,9 @@ def server_tls(tls: TLSServerConfig, source: Path) -> ServerTLS:
         ca_field = "client_ca_file" if tls.client_ca_file is not None else "client_ca"
         ca = _pem(tls.client_ca, tls.client_ca_file, ca_field, source)
         try:
-            context.load_verify_locations(cadata=ca.decode("utf-8", "replace"))
-        except ssl.SSLError as exc:
+            with _memory_files(ca) as (ca_path,):
+                context.load_verify_locations(cafile=ca_path)
+        except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"{source}: tls_server_config.{ca_field}: {_ssl_reason(exc)}"
             ) from None

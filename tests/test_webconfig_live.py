@@ -298,6 +298,12 @@ def test_inline_cert_key_and_client_ca(ca: TestCA, tmp_path: Path) -> None:
         ("  key: {secret}  key_file: {key}\n  cert_file: {crt}\n", "key and key_file both"),
         ("  cert_file: {crt}\n", "missing one of key or key_file"),
         ("  cert_file: {crt}\n  key: {secret}", "tls_server_config.cert_file, key:"),
+        ("  cert_file: {crt}\n  key_file: {crt}\n", "tls_server_config.key_file: no PEM private"),
+        (
+            "  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: VerifyClientCertIfGiven\n"
+            "  client_ca_file: {key}\n",
+            "tls_server_config.client_ca_file: no certificate",
+        ),
         (
             "  cert_file: {crt}\n  key_file: {key}\n  client_allowed_sans: [x]\n",
             "client_allowed_sans needs client_auth_type",
@@ -408,3 +414,15 @@ def test_tls_is_turned_on_or_off_by_a_restart_only(
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
         assert live.refresh().tls_server_config is None and not live.tls
     assert "by a restart only" in caplog.text
+
+
+def test_a_ca_file_with_words_around_its_certificates_loads(ca: TestCA, tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("Zertifizierungsstelle für Prüfungen\n" + ca.cert.read_text())
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {ca.directory / 'server-a.crt'}\n"
+        f"  key_file: {ca.directory / 'server-a.key'}\n  client_ca_file: ca.pem\n"
+        "  client_auth_type: VerifyClientCertIfGiven\n"
+    )
+    assert LiveWebConfig.load(web).server_tls().context.verify_mode == ssl.CERT_OPTIONAL
