@@ -37,9 +37,9 @@ memory files (memfd) and never logged.
 What Python's ssl cannot do is refused by name in one line: `RequestClientCert` and
 `RequireAnyClientCert` (a client certificate taken without verifying it) and more than one
 curve in `curve_preferences`. Refused too, where exporter-toolkit would quietly do something
-else: `cert` with `cert_file` (it documents "not both" and reads the file), a client CA without
-a `client_auth_type` using it, and `client_allowed_sans` without a verified client certificate
-(with NoClientCert it would check nothing).
+else: `cert` with `cert_file` (it documents "not both" and reads the file) and
+`client_allowed_sans` without a verified client certificate (with NoClientCert it would check
+nothing); as there, a client CA without a `client_auth_type` using it.
 """
 
 from __future__ import annotations
