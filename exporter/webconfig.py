@@ -396,7 +396,13 @@ class ServerTLS:
 
         `peercert` is what `getpeercert()` returns. As in exporter-toolkit, one of the
         certificate's DNS, IP, email or URI names must equal an allowed value; IP addresses
-        compare in Go's form ("2001:db8::1").
+        compare in Go's form ("2001:db8::1", an IPv4-mapped one as IPv4).
+
+        >>> tls = ServerTLS(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), frozenset({"2001:db8::1"}))
+        >>> tls.admits({"subjectAltName": (("IP Address", "2001:DB8:0:0:0:0:0:1"),)})
+        True
+        >>> tls.admits({"subjectAltName": (("DNS", "2001:db8::2"),)}), tls.admits(None)
+        (False, False)
         """
         if self.allowed_sans is None:
             return True
@@ -405,9 +411,12 @@ class ServerTLS:
         for kind, value in peercert.get("subjectAltName", ()):
             if kind == "IP Address":
                 try:
-                    value = str(ipaddress.ip_address(value.strip()))
+                    address = ipaddress.ip_address(value.strip())
                 except ValueError:
                     continue
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                    address = address.ipv4_mapped
+                value = str(address)
             elif kind not in ("DNS", "email", "URI"):
                 continue
             if value in self.allowed_sans:
