@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import psycopg
@@ -173,6 +176,19 @@ def drop_databases(pg: Server, names: Iterable[str]) -> None:
 
 
 # ========================================================================= ports, waiting
+
+
+def import_script(path: Path) -> ModuleType:
+    """Import a script that is not in a package (dashboards/*.py, deploy/*/*.py), once."""
+    name = "script_" + "_".join(path.relative_to(REPOSITORY).with_suffix("").parts)
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

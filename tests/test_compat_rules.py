@@ -25,7 +25,16 @@ from tests.prometheus_support import (
     mixin_alert_rules,
     mixin_dashboard_exprs,
 )
-from tests.support import CATALOG, REPOSITORY, Server, execute, needs_tool, promtool, scrape_async
+from tests.support import (
+    CATALOG,
+    REPOSITORY,
+    Server,
+    execute,
+    import_script,
+    needs_tool,
+    promtool,
+    scrape_async,
+)
 
 COMPAT = REPOSITORY / "dashboards" / "compat"
 MIXIN = REPOSITORY / "tests" / "data" / "postgres_mixin"
@@ -136,6 +145,25 @@ async def test_the_process_metrics_it_reads_are_served(pg: Server) -> None:
         page = await (await client.get("/metrics")).text()
     served = {line.split(" ")[0].split("{")[0] for line in page.splitlines() if line[:1] != "#"}
     assert served >= PROCESS_METRICS, sorted(PROCESS_METRICS - served)
+
+
+def test_the_settings_rules_are_what_the_generator_writes() -> None:
+    generator = import_script(COMPAT / "generate_settings.py")
+    text = (COMPAT / "postgres_exporter.yml").read_text()
+    assert generator.rewritten(text) == text, "run python dashboards/compat/generate_settings.py"
+
+
+async def test_every_setting_of_this_server_has_its_postgres_exporter_name(pg: Server) -> None:
+    # postgres_exporter names every numeric setting; so do the rules, for PostgreSQL 13 to 18.
+    known = import_script(COMPAT / "generate_settings.py").settings()
+    result = await scrape_async(pg.monitor())
+    served = {series.labels["name"] for series in result.find("pg_settings_value")}
+    assert len(served) > 200
+    assert served <= set(known), sorted(served - set(known))
+    units = {
+        series.labels["name"]: series.labels["unit"] for series in result.find("pg_settings_value")
+    }
+    assert {name: units[name] for name in served if units[name] != known[name]} == {}
 
 
 def test_every_lock_mode_we_emit_is_spelled_as_postgres_exporter_spells_it() -> None:
