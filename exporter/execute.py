@@ -19,6 +19,8 @@ from exporter.spec import CollectorSpec
 EXTENSIONS_SQL = "SELECT extname FROM pg_extension"
 NO_RESULT = "query returned no result set"
 _IN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+#: The savepoint a collector's statement runs after, and whose rollback undoes it.
+_SAVEPOINT = "pghe_collector"
 
 
 class PredicateFalse(CollectorFailed):
@@ -111,13 +113,16 @@ async def read_only(
     predicate: str | None = None,
     no_result: str = NO_RESULT,
 ) -> Rows:
-    """Run one statement in a read-only transaction that is then rolled back; return its rows.
+    """Run one statement in a read-only transaction, undone, then committed; return its rows.
 
     The pipeline sends every statement by the extended protocol, which takes exactly one
     statement (a text holding several is refused by the server before any runs), and sends
-    BEGIN, the statement and ROLLBACK in one round trip. The rollback ends whatever the
-    statement changed in the session (`SET`, `set_config(..., false)`): nothing of one
-    collector reaches the next one on the connection.
+    them all in one round trip: BEGIN READ ONLY, a savepoint, the statement, ROLLBACK TO the
+    savepoint and COMMIT. Going back to the savepoint ends whatever the statement changed in
+    the session (`SET`, `set_config(..., false)`): nothing of one collector reaches the next
+    one on the connection. The transaction then commits, so that the server counts the
+    exporter's transactions as commits: as rollbacks they would be most of a quiet database's
+    xact_rollback, and the postgres-mixin's PostgresHasTooManyRollbacks would fire on it.
     """
     try:
         async with conn.pipeline() as pipeline, conn.cursor() as cursor:
@@ -127,6 +132,7 @@ async def read_only(
                 await cursor.execute(
                     "SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),)
                 )
+            await cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
             if predicate:
                 await cursor.execute(predicate)
                 row = await cursor.fetchone()
@@ -134,17 +140,31 @@ async def read_only(
                     raise PredicateFalse
             await cursor.execute(sql, params)
             async with conn.cursor() as ending:
-                await ending.execute("ROLLBACK")
+                await ending.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                await ending.execute("COMMIT")
             await pipeline.sync()
             if cursor.description is None:
                 raise CollectorFailed(no_result)
             return Rows([column.name for column in cursor.description], await cursor.fetchall())
     finally:
-        # After an error (or a cancelled query) the transaction is still open: end it here,
-        # so that the connection goes back to its pool as it came.
+        # After a predicate that said no, an error or a cancelled query the transaction is
+        # still open: end it here, so that the connection goes back to its pool as it came.
         if conn.info.transaction_status in _IN_TRANSACTION:
-            with contextlib.suppress(psycopg.Error):
-                await conn.rollback()
+            await _undo_and_commit(conn)
+
+
+async def _undo_and_commit(conn: psycopg.AsyncConnection[Any]) -> None:
+    """End an open transaction of read_only: back to its savepoint, then COMMIT.
+
+    Counted as a commit, as a collector that succeeded; a ROLLBACK instead where there is no
+    savepoint to go back to (the statements before it failed or were cancelled).
+    """
+    with contextlib.suppress(psycopg.Error):
+        try:
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            await conn.execute("COMMIT")
+        except psycopg.Error:
+            await conn.rollback()
 
 
 __all__ = [

@@ -6,6 +6,7 @@ purpose, so that only the exporter's guarantees stand between a collector and th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.support import (
     make_settings,
     scalar,
     user_collectors,
+    wait_for,
 )
 
 PROFILE = 'profile = "minimal"'
@@ -131,3 +133,57 @@ async def test_what_a_collector_sets_is_gone_before_the_next_one_runs(
     assert "read-only transaction" in (runs["c_delete"].error or "")
     assert runs["d_session"].output is not None and runs["d_session"].output.series == 1
     assert scalar(table, "SELECT count(*) FROM t WHERE id = 2") == 1
+
+
+def _transactions(pg: Server, database: str) -> tuple[int, int]:
+    with connect(pg.admin()) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (database,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def test_the_exporters_own_transactions_count_as_commits(
+    pg: Server, database: str, tmp_path: Path
+) -> None:
+    """A scrape adds commits to pg_stat_database, never rollbacks: what a collector did is
+    undone by going back to a savepoint, and its transaction then commits.
+
+    Rollbacks would be the exporter's own in a quiet database, and the postgres-mixin's
+    PostgresHasTooManyRollbacks (over 10 % of transactions) would fire on every one of them.
+    A collector whose predicate says no, and one that fails, end with a commit too.
+    """
+    extra = user_collectors(
+        tmp_path,
+        not_here=gauge_collector(
+            "not_here", "SELECT 1 AS n", gauges=["n"], options="predicate = 'SELECT false'"
+        ),
+        failing=gauge_collector("failing", "SELECT 1 / 0 AS n", gauges=["n"]),
+    )
+    settings = make_settings(pg.monitor(database))
+    collectors = [*load_catalog().selected(profile="full", disabled=[]), *extra]
+    commits, rollbacks = _transactions(pg, database)
+    target = Target("own_transactions", pg.monitor(database), settings, collectors)
+    await target.open()
+    try:
+        await target.scrape(20)
+        runs = {run.collector: run for run in target.last_runs}
+    finally:
+        await target.close()
+    assert runs["not_here"].skipped and runs["failing"].error, (runs["not_here"], runs["failing"])
+    # Its sessions report their statistics as they end.
+    wait_for(
+        "the exporter's sessions to end",
+        lambda: scalar(
+            pg.admin(), f"SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = '{database}'"
+        ),
+        timeout=10,
+    )
+    if pg.version_num < 150000:
+        # Before 15 the statistics a session reads may be 500 ms old (see flush_stats).
+        time.sleep(0.6)
+    after = _transactions(pg, database)
+    assert after[0] > commits
+    assert after[1] == rollbacks, f"{after[1] - rollbacks} rollbacks, {after[0] - commits} commits"
