@@ -68,18 +68,20 @@ COPY --from=build /opt/pg-health-exporter /opt/pg-health-exporter
 COPY dashboards/ /usr/share/pg-health-exporter/dashboards/
 COPY config.example.toml /usr/share/pg-health-exporter/config.example.toml
 
+# No PG_EXPORTER_LISTEN_ADDRESS here: the default is :9187 already, and an image default would
+# win over postgres_exporter's PG_EXPORTER_WEB_LISTEN_ADDRESS in a deployment switching over.
 ENV PATH=/opt/pg-health-exporter/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PG_EXPORTER_LISTEN_ADDRESS=:9187
+    PYTHONDONTWRITEBYTECODE=1
 
 USER 10001:10001
 EXPOSE 9187
 
 # /healthz answers without credentials (basic auth exempts it); with TLS configured in the web
 # config file the plain-HTTP attempt fails and the check retries over HTTPS (not verified: it
-# asks the process itself). The port follows PG_EXPORTER_LISTEN_ADDRESS.
+# asks the process itself). The port follows PG_EXPORTER_LISTEN_ADDRESS, or postgres_exporter's
+# PG_EXPORTER_WEB_LISTEN_ADDRESS (the first address, if several).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import os, ssl, urllib.request as r\nport = os.environ.get('PG_EXPORTER_LISTEN_ADDRESS', ':9187').rpartition(':')[2]\ntry:\n    r.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)\nexcept Exception:\n    r.urlopen(f'https://127.0.0.1:{port}/healthz', timeout=4, context=ssl._create_unverified_context())"]
+    CMD ["python", "-c", "import os, ssl, urllib.request as r\naddress = os.environ.get('PG_EXPORTER_LISTEN_ADDRESS') or os.environ.get('PG_EXPORTER_WEB_LISTEN_ADDRESS') or ':9187'\nport = address.split(',')[0].rpartition(':')[2]\ntry:\n    r.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)\nexcept Exception:\n    r.urlopen(f'https://127.0.0.1:{port}/healthz', timeout=4, context=ssl._create_unverified_context())"]
 
 ENTRYPOINT ["pg-health-exporter"]
