@@ -2,8 +2,8 @@
 
 Flags are postgres_exporter's where it has one for the same thing, so a deployment's
 arguments keep working: `--web.listen-address`, `--web.config.file`, `--web.telemetry-path`,
-`--extend.query-path`, `--log.level`, `--log.format`, `--[no-]collector.NAME`,
-`--disable-default-metrics`, `--exclude-databases`, `--include-databases`.
+`--extend.query-path`, `--config.file`, `--log.level`, `--log.format`, `--[no-]collector.NAME`,
+`--dumpmaps`, and every flag of SETTING_FLAGS, which each set the setting of that name.
 """
 
 from __future__ import annotations
@@ -50,6 +50,100 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_CONFIG)
 
 
+@dataclass(frozen=True)
+class SettingFlag:
+    """A flag that sets the setting of that name (None when not given: the settings decide)."""
+
+    flag: str
+    setting: str
+    help: str
+    # bool: --FLAG and --no-FLAG; else the type of its value.
+    kind: type[bool] | type[int] | type[str] = str
+
+
+#: Flags that set one setting each, most of them postgres_exporter's.
+SETTING_FLAGS = (
+    SettingFlag(
+        "--web.systemd-socket",
+        "web_systemd_socket",
+        "serve on the sockets systemd passes (socket activation) instead",
+        bool,
+    ),
+    SettingFlag(
+        "--web.telemetry-path", "telemetry_path", "path of the metrics page (default /metrics)"
+    ),
+    SettingFlag(
+        "--disable-default-metrics",
+        "disable_default_metrics",
+        "run only your own collectors (collector_dirs, --extend.query-path)",
+        bool,
+    ),
+    SettingFlag(
+        "--auto-discover-databases",
+        "auto_discover_databases",
+        "accepted for postgres_exporter's deployments: databases are always discovered",
+        bool,
+    ),
+    SettingFlag(
+        "--disable-settings-metrics",
+        "disable_settings_metrics",
+        "leave out the settings collector (postgres_exporter 0.11's flag)",
+        bool,
+    ),
+    SettingFlag(
+        "--metric-prefix",
+        "metric_prefix",
+        "accepted for postgres_exporter's deployments: only its default, pg",
+    ),
+    SettingFlag(
+        "--collection-timeout",
+        "scrape_timeout_seconds",
+        "a scrape's time limit when Prometheus sends none (Go duration, e.g. 10s)",
+    ),
+    SettingFlag(
+        "--collector.stat_statements.include_query",
+        "query_text",
+        "publish statement text (redacted) in pg_stat_statements_query_info",
+        bool,
+    ),
+    SettingFlag(
+        "--collector.stat_statements.query_length",
+        "query_text_max_length",
+        "cut statement text after this many characters",
+        int,
+    ),
+    SettingFlag(
+        "--collector.stat_statements.limit",
+        "statements_top_n",
+        "statements kept by each ranking (total time, calls, mean time)",
+        int,
+    ),
+    SettingFlag(
+        "--collector.stat_statements.exclude_databases",
+        "statements_exclude_databases",
+        "comma-separated database names whose statements are left out",
+    ),
+    SettingFlag(
+        "--collector.stat_statements.exclude_users",
+        "statements_exclude_users",
+        "comma-separated role names whose statements are left out",
+    ),
+    SettingFlag(
+        "--constantLabels", "const_labels", "labels on every series: name=value,name=value"
+    ),
+    SettingFlag(
+        "--exclude-databases",
+        "exclude_databases",
+        "comma-separated databases (regular expressions) to leave out",
+    ),
+    SettingFlag(
+        "--include-databases",
+        "include_databases",
+        "comma-separated databases (regular expressions) to scrape, and no others",
+    ),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pg-health-exporter",
@@ -69,13 +163,6 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT to serve on (default :9187); repeat it to serve on several",
     )
     parser.add_argument(
-        "--web.systemd-socket",
-        dest="web_systemd_socket",
-        action="store_true",
-        default=None,
-        help="serve on the sockets systemd passes (socket activation) instead",
-    )
-    parser.add_argument(
         "--web.config.file",
         dest="web_config_file",
         type=Path,
@@ -86,11 +173,6 @@ def _parser() -> argparse.ArgumentParser:
         dest="auth_modules_file",
         type=Path,
         help="postgres_exporter's YAML with auth_modules for /probe (added to the settings')",
-    )
-    parser.add_argument(
-        "--web.telemetry-path",
-        dest="telemetry_path",
-        help="path of the metrics page (default /metrics)",
     )
     parser.add_argument(
         "--extend.query-path",
@@ -112,85 +194,21 @@ def _parser() -> argparse.ArgumentParser:
         help="text (default), logfmt or json",
     )
     parser.add_argument(
-        "--disable-default-metrics",
-        dest="disable_default_metrics",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run only your own collectors (collector_dirs, --extend.query-path)",
-    )
-    parser.add_argument(
-        "--auto-discover-databases",
-        dest="auto_discover_databases",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="accepted for postgres_exporter's deployments: databases are always discovered",
-    )
-    parser.add_argument(
-        "--disable-settings-metrics",
-        dest="disable_settings_metrics",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="leave out the settings collector (postgres_exporter 0.11's flag)",
-    )
-    parser.add_argument(
-        "--metric-prefix",
-        dest="metric_prefix",
-        help="accepted for postgres_exporter's deployments: only its default, pg",
-    )
-    parser.add_argument(
-        "--collection-timeout",
-        dest="scrape_timeout_seconds",
-        help="a scrape's time limit when Prometheus sends none (Go duration, e.g. 10s)",
-    )
-    parser.add_argument(
-        "--collector.stat_statements.include_query",
-        dest="query_text",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="publish statement text (redacted) in pg_stat_statements_query_info",
-    )
-    parser.add_argument(
-        "--collector.stat_statements.query_length",
-        dest="query_text_max_length",
-        type=int,
-        help="cut statement text after this many characters",
-    )
-    parser.add_argument(
-        "--collector.stat_statements.limit",
-        dest="statements_top_n",
-        type=int,
-        help="statements kept by each ranking (total time, calls, mean time)",
-    )
-    parser.add_argument(
-        "--collector.stat_statements.exclude_databases",
-        dest="statements_exclude_databases",
-        help="comma-separated database names whose statements are left out",
-    )
-    parser.add_argument(
-        "--collector.stat_statements.exclude_users",
-        dest="statements_exclude_users",
-        help="comma-separated role names whose statements are left out",
-    )
-    parser.add_argument(
         "--dumpmaps",
         action="store_true",
         help="print the metric reference of the loaded collectors (yours included) and exit",
     )
-    parser.add_argument(
-        "--constantLabels",
-        dest="const_labels",
-        help="labels on every series: name=value,name=value",
-    )
-    parser.add_argument(
-        "--exclude-databases",
-        dest="exclude_databases",
-        help="comma-separated databases (regular expressions) to leave out",
-    )
-    parser.add_argument(
-        "--include-databases",
-        dest="include_databases",
-        help="comma-separated databases (regular expressions) to scrape, and no others",
-    )
+    for flag in SETTING_FLAGS:
+        if flag.kind is bool:
+            parser.add_argument(
+                flag.flag,
+                dest=flag.setting,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=flag.help,
+            )
+        else:
+            parser.add_argument(flag.flag, dest=flag.setting, type=flag.kind, help=flag.help)
     parser.add_argument(
         "command",
         nargs="?",
@@ -388,23 +406,9 @@ def load_options(args: argparse.Namespace, collectors: CollectorFlags) -> dict[s
         dsn=args.dsn,
         auth_modules_file=args.auth_modules_file,
         collectors=collectors,
-        telemetry_path=args.telemetry_path,
         log_level=args.log_level,
         log_format=args.log_format,
-        disable_default_metrics=args.disable_default_metrics,
-        auto_discover_databases=args.auto_discover_databases,
-        exclude_databases=args.exclude_databases,
-        include_databases=args.include_databases,
-        const_labels=args.const_labels,
-        disable_settings_metrics=args.disable_settings_metrics,
-        web_systemd_socket=args.web_systemd_socket,
-        metric_prefix=args.metric_prefix,
-        scrape_timeout_seconds=args.scrape_timeout_seconds,
-        query_text=args.query_text,
-        query_text_max_length=args.query_text_max_length,
-        statements_top_n=args.statements_top_n,
-        statements_exclude_databases=args.statements_exclude_databases,
-        statements_exclude_users=args.statements_exclude_users,
+        **{flag.setting: getattr(args, flag.setting) for flag in SETTING_FLAGS},
     )
 
 
