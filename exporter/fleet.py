@@ -4,6 +4,7 @@ page), and named ones for /probe."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,8 +103,9 @@ def _check_const_labels(
 def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
     """Create the targets; raise ConfigError if a named target's DSN cannot be resolved.
 
-    /metrics serves the DSN's server; when only named targets are configured and no DSN is
-    set, /metrics carries the exporter's own metrics and the fleet is scraped via /probe.
+    /metrics serves the DSN's server; when no DSN is set and only named targets are configured
+    (or ad-hoc /probe targets allowed, and no libpq variable names a server), /metrics carries
+    the exporter's own metrics and the fleet is scraped via /probe.
     Several DSNs (postgres_exporter's comma-separated DATA_SOURCE_NAME): /metrics serves every
     one of them on one page, each series labelled server="host:port" as postgres_exporter
     labels them, and each is also a named target of its own (called by its host and port)
@@ -136,6 +138,19 @@ def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
                 ", ".join(server.label for server in servers),
             )
         fleet.merged = MergedTargets(servers)
-    elif dsns or not named:
+    elif dsns or not (named or _multi_target_only(settings)):
         fleet.default = Target("default", dsns[0] if dsns else "", settings, collectors)
     return fleet
+
+
+#: libpq's variables that name a server: set, they are the DSN when none is given.
+LIBPQ_SERVER_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
+
+
+def _multi_target_only(settings: Settings) -> bool:
+    """Tell whether the exporter is set up for /probe alone: no DSN, no libpq variable naming
+    a server, and ad-hoc targets allowed (postgres_exporter's multi-target pattern, where
+    /metrics then carries the exporter's own metrics, not a failing libpq default)."""
+    return bool(settings.probe_allowed_targets) and not any(
+        os.environ.get(name) for name in LIBPQ_SERVER_VARIABLES
+    )

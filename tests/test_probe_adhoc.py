@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.appkeys import PROBES
-from exporter.fleet import build_fleet
+from exporter.fleet import LIBPQ_SERVER_VARIABLES, build_fleet
 from exporter.probe import ProbeRefused, probe_dsn
 from exporter.server import build_app
 from exporter.settings import AuthModule, load_settings
@@ -133,3 +133,24 @@ async def test_ad_hoc_targets_are_off_by_default(pg: Server) -> None:
         assert response.status == 404
     finally:
         await client.close()
+
+
+async def test_probe_alone_leaves_metrics_to_the_exporters_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # postgres_exporter's multi-target pattern: no DSN, ad-hoc targets allowed. /metrics
+    # carries the exporter's own metrics, not a libpq default that fails every scrape.
+    for name in LIBPQ_SERVER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("DATA_SOURCE_NAME", raising=False)
+    settings = load_settings(None, probe_allowed_targets=["127.0.0.1:*"])
+    fleet = build_fleet(settings, CATALOG)
+    assert fleet.default is None and fleet.all() == []
+    async with TestClient(TestServer(build_app(settings, fleet))) as client:
+        page = await (await client.get("/metrics")).text()
+        assert "process_cpu_seconds_total" in page and "pg_up" not in page
+        assert (await client.get("/readyz")).status == 200
+        assert (await client.get("/")).status == 200
+    # A libpq variable naming a server is a DSN of its own: then /metrics serves it.
+    monkeypatch.setenv("PGHOST", "db.example")
+    assert build_fleet(settings, CATALOG).default is not None
