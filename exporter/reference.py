@@ -62,6 +62,8 @@ def render(catalog: Catalog) -> str:
         "Type, labels, the collector that emits it (its scope, profile and `ttl`), the PostgreSQL",
         "views it reads and the oldest server version it runs on (13 is the oldest supported).",
         "Collectors of scope `pgbouncer` run only on targets of type pgbouncer.",
+        "Every series of a target also carries the `const_labels`, and, when several DSNs are",
+        "served on one `/metrics` page (`DATA_SOURCE_NAME=dsn1,dsn2`), `server` (host:port).",
         "",
         "## Collectors",
         "",
