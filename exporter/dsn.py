@@ -62,10 +62,36 @@ def parse_dsn(dsn: str, *, source: str = "DATA_SOURCE_NAME") -> dict[str, str]:
             " (expected 'postgresql://user@host:port/db' or 'host=... dbname=...')"
         ) from None
     options = {key: str(value) for key, value in params.items() if value is not None}
+    mistake = mistyped(options)  # a fixed text: nothing of the DSN in it
+    if mistake is not None:
+        raise ConfigError(f"{source}: {mistake}")
     problem = option_problem(options)
     if problem is not None:
         raise ConfigError(f"{source}: {scrub(problem, secrets_of(dsn))}")
     return options
+
+
+def mistyped(options: dict[str, str]) -> str | None:
+    """Return the mistake a DSN shows in its host or database name (one line), or None.
+
+    Two DSNs joined by something other than a comma land in the first one's `dbname` (libpq
+    takes the rest as its name); a password with an unencoded `@` leaves part of it in the
+    host. Neither can reach a server, and both would carry a secret into names and labels.
+
+    >>> mistyped({"host": "h", "dbname": "db1;postgresql://u:pw@h/db2"})
+    'dbname is itself a connection string: DSNs are separated by commas'
+    >>> mistyped({"host": "ss@db1", "user": "u"})
+    "host holds an '@': percent-encode an '@' in the password as %40"
+    >>> mistyped({"host": "db1", "dbname": "app"}) is None
+    True
+    """
+    for key in ("host", "hostaddr"):
+        if "@" in options.get(key, ""):
+            return f"{key} holds an '@': percent-encode an '@' in the password as %40"
+    dbname = options.get("dbname", "")
+    if _holds_secret(dbname) or _URI_START.search(dbname):
+        return "dbname is itself a connection string: DSNs are separated by commas"
+    return None
 
 
 # A Unix socket directory that does not exist: libpq checks the options, then fails to connect

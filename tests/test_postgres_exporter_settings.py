@@ -327,6 +327,11 @@ MALFORMED: list[tuple[list[str], dict[str, str], str]] = [
     (["--collector.stat_statements.query_length=0"], {}, "query_text_max_length"),
     (["--collection-timeout=soon"], {}, "scrape_timeout_seconds"),
     (["--metric-prefix=postgres"], {}, "metric_prefix"),
+    # Two DSNs joined by a semicolon: the second, password and all, is the first one's dbname.
+    ([], {"DATA_SOURCE_NAME": "postgresql://u:pw@db/x;postgresql://u:Sup3rSecret@db/y,host=z"},
+     "DSNs are separated by commas"),
+    # A password with an unencoded '@': the part after it would be in the host.
+    ([], {"DATA_SOURCE_NAME": "postgresql://u:Sup3r@Sup3rSecret@db/x"}, "%40"),
 ]  # fmt: skip
 
 
