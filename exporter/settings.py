@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -717,16 +718,36 @@ def load_auth_modules_file(path: Path) -> dict[str, AuthModule]:
 
 def read_text_file(path: Path, error: type[ExporterError] = ConfigError) -> str:
     """Return a UTF-8 file's text; raise `error` with one line saying why it cannot be read."""
+    return _decoded(path, read_file(path, error), error)
+
+
+def _decoded(path: Path, data: bytes, error: type[ExporterError]) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def read_file(path: Path, error: type[ExporterError] = ConfigError) -> bytes:
+    """Return a file's bytes; raise `error` with one line saying why it cannot be read.
+
+    Only a regular file is read: a FIFO or a device such as /dev/zero would never end.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: not a regular file")
+        return path.read_bytes()
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not a file") from None
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except ValueError:
+        raise error(f"{str(path)[:80]!r}: not a valid file name") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -81,7 +81,12 @@ from pydantic import (
 
 from exporter.appkeys import PROCESS_REGISTRY
 from exporter.errors import ConfigError
-from exporter.settings import describe_validation_error, go_duration_seconds, read_text_file
+from exporter.settings import (
+    describe_validation_error,
+    go_duration_seconds,
+    read_file,
+    read_text_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -366,10 +371,14 @@ def parse_web_config(path: Path) -> WebConfig:
         document = yaml.safe_load(read_text_file(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     try:
         config = WebConfig.model_validate(document)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     if config.tls_server_config is not None:
         tls = config.tls_server_config.with_directory(path.parent)
         config = config.model_copy(update={"tls_server_config": tls})
@@ -430,12 +439,9 @@ def _pem(inline: str | None, path: Path | None, field: str, source: Path) -> byt
         return inline.encode()
     assert path is not None
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: tls_server_config.{field}: {path}: no such file") from None
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"{source}: tls_server_config.{field}: {path}: {reason}") from None
+        return read_file(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: tls_server_config.{field}: {exc}") from None
 
 
 @contextmanager
@@ -504,9 +510,17 @@ def server_tls(tls: TLSServerConfig, source: Path) -> ServerTLS:
         raise ConfigError(f"{source}: tls_server_config.{cert_field}: no PEM certificate")
     if b"PRIVATE KEY-----" not in key:
         raise ConfigError(f"{source}: tls_server_config.{key_field}: no PEM private key")
+    if b"ENCRYPTED" in key:
+        # OpenSSL would ask for the passphrase on the terminal; exporter-toolkit reads no
+        # encrypted key either.
+        raise ConfigError(
+            f"{source}: tls_server_config.{key_field}: an encrypted private key (give it"
+            " without a passphrase)"
+        )
     try:
         with _memory_files(cert, key) as (cert_path, key_path):
-            context.load_cert_chain(cert_path, key_path)
+            # Never a prompt, whatever the key: an empty passphrase fails instead.
+            context.load_cert_chain(cert_path, key_path, password=b"")
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{source}: tls_server_config.{cert_field}, {key_field}: {_ssl_reason(exc)}"
@@ -550,7 +564,7 @@ def _stamps(paths: tuple[Path, ...]) -> tuple[FileStamp, ...]:
     for path in paths:
         try:
             st = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):
             stamps.append(None)
         else:
             stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
@@ -561,8 +575,8 @@ def _digest(paths: tuple[Path, ...]) -> bytes:
     summary = hashlib.sha256()
     for path in paths:
         try:
-            data = path.read_bytes()
-        except OSError:
+            data = read_file(path)
+        except ConfigError:
             data = b""
             summary.update(b"unreadable")
         summary.update(len(data).to_bytes(8, "big") + data)
@@ -663,7 +677,9 @@ class LiveWebConfig(Collector):
                     f"{path}: tls_server_config: TLS is turned on or off by a restart only"
                 )
             new_tls = server_tls(tls, path) if tls is not None else None
-        except ConfigError as exc:
+        except Exception as exc:  # whatever breaks, the last good one keeps serving
+            if not isinstance(exc, ConfigError):
+                exc = ConfigError(f"{path}: cannot be read: {type(exc).__name__}")
             watched = self._files(config) if config is not None else self._watched
             extra = tuple(file for file in watched if file not in self._watched)
             if extra:

@@ -322,6 +322,7 @@ MALFORMED: list[tuple[list[str], dict[str, str], str]] = [
     (["--no-such-flag"], {}, "--no-such-flag"),
     (["--web.listen-address="], {}, "listen_address"),
     (["--config", "/proc/self/mem"], {}, "cannot read"),  # EIO, even for root
+    (["--config", "/dev/zero"], {}, "not a regular file"),  # would be read for ever
     (["--web.listen-address", "[::1"], {}, "listen_address"),
     (["--collector.stat_statements.limit=lots"], {}, "--collector.stat_statements.limit"),
     (["--collector.stat_statements.query_length=0"], {}, "query_text_max_length"),

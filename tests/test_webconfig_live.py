@@ -321,6 +321,13 @@ def test_inline_cert_key_and_client_ca(ca: TestCA, tmp_path: Path) -> None:
             "\n  client_ca: |\n    not a certificate\n",
             "tls_server_config.client_ca:",
         ),
+        ('  cert_file: "c\\0.pem"\n  key_file: {key}\n', "not a valid file name"),
+        (
+            "  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: VerifyClientCertIfGiven"
+            "\n  client_ca_file: /dev/zero\n",
+            "tls_server_config.client_ca_file: /dev/zero: not a regular file",
+        ),
+        ("  cert_file: {crt}\n  key_file: {encrypted}\n", "an encrypted private key"),
     ],
 )
 def test_inline_mistakes_are_one_line_without_the_key(
@@ -333,14 +340,26 @@ def test_inline_mistakes_are_one_line_without_the_key(
     cert = "|\n" + "".join(
         f"    {line}\n" for line in (pki / "server-a.crt").read_text().splitlines()
     )
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(pki / "server-a.key"), "-aes128", "-passout", "pass:x",
+         "-out", str(encrypted)],
+        check=True, capture_output=True,
+    )  # fmt: skip
     web = tmp_path / "web.yml"
     web.write_text(
         "tls_server_config:\n"
-        + tls.format(cert=cert, crt=pki / "server-a.crt", key=pki / "server-a.key", secret=secret)
+        + tls.format(
+            cert=cert,
+            crt=pki / "server-a.crt",
+            key=pki / "server-a.key",
+            secret=secret,
+            encrypted=encrypted,
+        )
     )
     run = subprocess.run(
         [sys.executable, "-m", "exporter", "check-config", "--web.config.file", str(web)],
-        capture_output=True, text=True, timeout=60, cwd=REPOSITORY,
+        capture_output=True, text=True, timeout=60, cwd=REPOSITORY, stdin=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(REPOSITORY), "DATA_SOURCE_NAME": DSN},
     )  # fmt: skip
     assert run.returncode == 2, run.stdout + run.stderr
@@ -426,3 +445,16 @@ def test_a_ca_file_with_words_around_its_certificates_loads(ca: TestCA, tmp_path
         "  client_auth_type: VerifyClientCertIfGiven\n"
     )
     assert LiveWebConfig.load(web).server_tls().context.verify_mode == ssl.CERT_OPTIONAL
+
+
+def test_a_web_config_broken_beyond_its_format_keeps_the_last_good_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nested past the YAML reader's depth: neither a traceback nor a 500 for every request.
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: {}\n")
+    live = LiveWebConfig.load(web)
+    replace(web, b"[" * 5000 + b"]" * 5000)
+    with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        assert live.refresh().basic_auth_users == {}
+    assert "nested too deeply" in caplog.text and not live.successful
