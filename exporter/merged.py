@@ -83,7 +83,24 @@ class MergedTargets:
         self._last = (tuple(weakref.ref(snapshot) for snapshot in snapshots), weakref.ref(page))
         return page
 
-    async def ready(self, timeout: float) -> list[tuple[MergedServer, bool]]:
-        """Tell which servers answer a round trip now."""
-        answers = await asyncio.gather(*(server.target.ready(timeout) for server in self.servers))
-        return list(zip(self.servers, answers, strict=True))
+    async def first_ready(self, timeout: float) -> MergedServer | None:
+        """Return the first server to answer a round trip, or None if none does in time.
+
+        It does not wait for the others: a readiness probe must answer within its own
+        timeout (a second, say), and one silent server would otherwise hold it for the whole
+        connect timeout.
+        """
+        asking = {
+            asyncio.ensure_future(server.target.ready(timeout)): server for server in self.servers
+        }
+        try:
+            pending = set(asking)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is None and task.result():
+                        return asking[task]
+            return None
+        finally:
+            for task in asking:
+                task.cancel()

@@ -188,23 +188,17 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Answer 200 if the default target's database answers now, 503 if not.
 
-    With several DSNs on /metrics: 200 while at least one of them answers (the page then
-    carries a server's numbers, and each one down its `pg_up 0`), naming those that do not;
-    503 only when none does.
+    With several DSNs on /metrics: 200 as soon as one of them answers (the page then carries
+    a server's numbers, and each one down its `pg_up 0`), without waiting for the others;
+    503 only when none does. Which servers are down is on / and in `pg_up`.
     """
     fleet = request.app[FLEET]
     timeout = scrape_timeout(request, current_settings(request.app))
     if fleet.merged is not None:
-        answers = await fleet.merged.ready(timeout)
-        down = [server.label for server, up in answers if not up]
-        if len(down) == len(answers):
+        first = await fleet.merged.first_ready(timeout)
+        if first is None:
             return web.Response(status=503, text="no database reachable\n")
-        if down:
-            return web.Response(
-                text=f"ready: {len(answers) - len(down)} of {len(answers)} databases reachable;"
-                f" unreachable: {', '.join(down)}\n"
-            )
-        return web.Response(text="ready\n")
+        return web.Response(text=f"ready ({first.label} answers)\n")
     target = fleet.default
     if target is None:
         return web.Response(text="ready (no default target)\n")
