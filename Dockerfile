@@ -79,9 +79,9 @@ EXPOSE 9187
 
 # /healthz answers without credentials (basic auth exempts it); with TLS configured in the web
 # config file the plain-HTTP attempt fails and the check retries over HTTPS (not verified: it
-# asks the process itself). The port follows PG_EXPORTER_LISTEN_ADDRESS, or postgres_exporter's
-# PG_EXPORTER_WEB_LISTEN_ADDRESS (the first address, if several).
+# asks the process itself). It asks the first address of PG_EXPORTER_LISTEN_ADDRESS, or of
+# postgres_exporter's PG_EXPORTER_WEB_LISTEN_ADDRESS (127.0.0.1 when its host is empty or any).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import os, ssl, urllib.request as r\naddress = os.environ.get('PG_EXPORTER_LISTEN_ADDRESS') or os.environ.get('PG_EXPORTER_WEB_LISTEN_ADDRESS') or ':9187'\nport = address.split(',')[0].rpartition(':')[2]\ntry:\n    r.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)\nexcept Exception:\n    r.urlopen(f'https://127.0.0.1:{port}/healthz', timeout=4, context=ssl._create_unverified_context())"]
+    CMD ["python", "-c", "import os, ssl, urllib.request as r\naddress = os.environ.get('PG_EXPORTER_LISTEN_ADDRESS') or os.environ.get('PG_EXPORTER_WEB_LISTEN_ADDRESS') or ':9187'\nhost, _, port = address.split(',')[0].strip().rpartition(':')\nhost = host.strip('[]')\nhost = '127.0.0.1' if host in ('', '0.0.0.0', '::') else host\nat = f'[{host}]:{port}' if ':' in host else f'{host}:{port}'\ntry:\n    r.urlopen(f'http://{at}/healthz', timeout=4)\nexcept Exception:\n    r.urlopen(f'https://{at}/healthz', timeout=4, context=ssl._create_unverified_context())"]
 
 ENTRYPOINT ["pg-health-exporter"]

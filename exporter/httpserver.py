@@ -547,7 +547,18 @@ def every_interface(port: int) -> socket.socket:
 
 
 def _where(listening: socket.socket) -> str:
-    host, port = listening.getsockname()[:2]
+    """Say where a socket listens: HOST:PORT, or a Unix socket's path (@NAME if abstract).
+
+    >>> with socket.socket(socket.AF_UNIX) as unix:
+    ...     unix.bind(b"\\0pghe-doctest")
+    ...     _where(unix)
+    'unix:@pghe-doctest'
+    """
+    address = listening.getsockname()
+    if listening.family == socket.AF_UNIX:
+        name = address.decode(errors="replace") if isinstance(address, bytes) else str(address)
+        return "unix:" + ("@" + name[1:] if name.startswith("\0") else name)
+    host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -12,6 +12,7 @@ import exporter.compat
 import exporter.constlabels
 import exporter.dsn
 import exporter.exposition
+import exporter.httpserver
 import exporter.info
 import exporter.plan
 import exporter.redact
@@ -32,6 +33,7 @@ from tests.support import GOOD_COLLECTOR
         exporter.constlabels,
         exporter.dsn,
         exporter.exposition,
+        exporter.httpserver,
         exporter.info,
         exporter.plan,
         exporter.redact,
