@@ -157,6 +157,40 @@ def serve_on_a_free_port(
     raise AssertionError("unreachable")
 
 
+def start_exporter_on_a_free_port(
+    directory: Path,
+    processes: list[subprocess.Popen[bytes]],
+    arguments: Callable[[int], Sequence[str]],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+) -> tuple[int, Path]:
+    """Start `pg-health-exporter ARGUMENTS(port)` on a free port; return the port and its log.
+
+    ``arguments(port)`` makes the command line for a port (writing a settings file for it, if
+    the test wants one); the log is ``directory/exporter-PORT.log``; the process is appended
+    to ``processes`` at once, for the caller to stop.
+    """
+
+    def log_of(port: int) -> Path:
+        return directory / f"exporter-{port}.log"
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        with log_of(port).open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "exporter", *arguments(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=cwd,
+            )
+        processes.append(process)
+        return process
+
+    _, port = serve_on_a_free_port(start, log_of)
+    return port, log_of(port)
+
+
 @contextmanager
 def exporter_process(
     log_dir: Path,

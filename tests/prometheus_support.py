@@ -149,6 +149,11 @@ def fast_rules(directory: Path, names: Sequence[str] = RULE_FILES) -> list[Path]
     return paths
 
 
+#: Prometheus's global settings for a test: scrape every 2 s (the timeout may not exceed the
+#: interval; 1 s left a loaded machine's exporter too little), evaluate every second.
+FAST_GLOBAL = {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "1s"}
+
+
 def start_prometheus(
     workdir: Path, config: dict[str, Any], port: int, processes: list[subprocess.Popen[bytes]]
 ) -> Path:

@@ -16,7 +16,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,9 +27,10 @@ import psycopg
 import pytest
 import yaml
 
-from tests.process import serve_on_a_free_port
+from tests.process import start_exporter_on_a_free_port
 from tests.prometheus_support import (
     COMPAT_RULES,
+    FAST_GLOBAL,
     MIXIN_ALERTS,
     Stack,
     start_prometheus,
@@ -120,33 +120,24 @@ def deployment(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     }
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start_exporter(port: int) -> subprocess.Popen[bytes]:
-        with (tmp / f"exporter-{port}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "exporter",
-                 f"--web.listen-address=127.0.0.1:{port}",
-                 f"--config.file={tmp / 'postgres_exporter.yml'}",
-                 f"--web.config.file={tmp / 'web.yml'}",
-                 f"--extend.query-path={QUERIES}",
-                 "--log.level=info", "--log.format=logfmt"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp,
-            )  # fmt: skip
-        processes.append(process)
-        return process
+    def arguments(port: int) -> list[str]:
+        return [
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--config.file={tmp / 'postgres_exporter.yml'}",
+            f"--web.config.file={tmp / 'web.yml'}",
+            f"--extend.query-path={QUERIES}",
+            "--log.level=info",
+            "--log.format=logfmt",
+        ]
 
     try:
-        _, port = serve_on_a_free_port(start_exporter, lambda port: tmp / f"exporter-{port}.log")
+        port, exporter_log = start_exporter_on_a_free_port(
+            tmp, processes, arguments, env=env, cwd=tmp
+        )
         exporter = f"127.0.0.1:{port}"
         prometheus_port = free_port()
         config = {
-            "global": {
-                "scrape_interval": "2s",
-                "scrape_timeout": "2s",
-                "evaluation_interval": "1s",
-            },
+            "global": FAST_GLOBAL,
             "rule_files": [str(COMPAT_RULES), str(MIXIN_ALERTS)],
             "scrape_configs": _scrape_configs(exporter, live, dead),
         }
@@ -155,9 +146,9 @@ def deployment(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             f"http://127.0.0.1:{prometheus_port}",
             f"http://{exporter}",
             time.monotonic(),
-            [tmp / f"exporter-{port}.log", prometheus_log],
+            [exporter_log, prometheus_log],
         )
-        yield Deployment(stack, exporter, live, dead, tmp / f"exporter-{port}.log")
+        yield Deployment(stack, exporter, live, dead, exporter_log)
     finally:
         for process in reversed(processes):
             stop_process(process)

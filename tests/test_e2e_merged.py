@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ import pytest
 
 from exporter.dsn import server_label
 from exporter.localpg import LocalPostgres
-from tests.process import serve_on_a_free_port
+from tests.process import start_exporter_on_a_free_port
 from tests.prometheus_support import (
     COMPAT_RULES,
+    FAST_GLOBAL,
     MIXIN_ALERTS,
     Stack,
     http_json,
@@ -70,26 +70,16 @@ def deployment(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "PG_EXPORTER_CONNECT_TIMEOUT_SECONDS": "1",
         }
 
-        def start_exporter(port: int) -> subprocess.Popen[bytes]:
-            with (tmp / f"exporter-{port}.log").open("wb") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=tmp,
-                )
-            processes.append(process)
-            return process
-
-        _, port = serve_on_a_free_port(start_exporter, lambda port: tmp / f"exporter-{port}.log")
+        port, exporter_log = start_exporter_on_a_free_port(
+            tmp,
+            processes,
+            lambda port: [f"--web.listen-address=127.0.0.1:{port}"],
+            env=env,
+            cwd=tmp,
+        )
         prometheus_port = free_port()
         config = {
-            "global": {
-                "scrape_interval": "2s",
-                "scrape_timeout": "2s",
-                "evaluation_interval": "1s",
-            },
+            "global": FAST_GLOBAL,
             "rule_files": [str(COMPAT_RULES), str(MIXIN_ALERTS)],
             "scrape_configs": [
                 {"job_name": "postgres", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
@@ -100,9 +90,9 @@ def deployment(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             f"http://127.0.0.1:{prometheus_port}",
             f"http://127.0.0.1:{port}",
             time.monotonic(),
-            [tmp / f"exporter-{port}.log", prometheus_log],
+            [exporter_log, prometheus_log],
         )
-        yield MergedDeployment(stack, live, f"127.0.0.1:{dead_port}", tmp / f"exporter-{port}.log")
+        yield MergedDeployment(stack, live, f"127.0.0.1:{dead_port}", exporter_log)
     finally:
         for process in reversed(processes):
             stop_process(process)

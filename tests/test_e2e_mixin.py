@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -53,9 +52,10 @@ import psycopg
 import pytest
 
 from exporter.localpg import LocalPostgres
-from tests.process import serve_on_a_free_port
+from tests.process import start_exporter_on_a_free_port
 from tests.prometheus_support import (
     COMPAT_RULES,
+    FAST_GLOBAL,
     MIXIN_ALERTS,
     MIXIN_SHOWN_BY_MIXIN_STACK,
     Stack,
@@ -266,34 +266,22 @@ def mixin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixinStack]:
             if not k.startswith(("PG", "DATA_SOURCE_NAME")) or k == "PG_BIN"
         }
 
-        def start_exporter(port: int) -> subprocess.Popen[bytes]:
+        def arguments(port: int) -> list[str]:
             config = tmp / f"exporter-{port}.toml"
             config.write_text(
                 f'data_source_name = "{primary.dsn()}"\n'
                 f'listen_address = "127.0.0.1:{port}"\n'
                 f'[targets.standby]\ndsn = "{standby.dsn()}"\n'
             )
-            with (tmp / f"exporter-{port}.log").open("wb") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "exporter", "--config", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            processes.append(process)
-            return process
+            return ["--config", str(config)]
 
-        _, exporter_port = serve_on_a_free_port(
-            start_exporter, lambda port: tmp / f"exporter-{port}.log"
+        exporter_port, exporter_log = start_exporter_on_a_free_port(
+            tmp, processes, arguments, env=env
         )
         exporter = f"127.0.0.1:{exporter_port}"
         prometheus_port = free_port()
         config = {
-            "global": {
-                "scrape_interval": "2s",
-                "scrape_timeout": "2s",
-                "evaluation_interval": "1s",
-            },
+            "global": FAST_GLOBAL,
             # As postgres_exporter's users load them: the compat rules beside the mixin's alerts.
             "rule_files": [str(COMPAT_RULES), str(MIXIN_ALERTS)],
             "scrape_configs": [
@@ -312,7 +300,7 @@ def mixin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixinStack]:
             f"http://127.0.0.1:{prometheus_port}",
             f"http://{exporter}",
             time.monotonic(),
-            [tmp / f"exporter-{exporter_port}.log", prometheus_log],
+            [exporter_log, prometheus_log],
         )
         wanted = {("postgres", exporter), ("postgres-probe", "standby")}
         wait_until(

@@ -29,7 +29,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -54,7 +53,7 @@ from tests.dashboards_support import (
     substitute,
     variable_queries,
 )
-from tests.process import serve_on_a_free_port
+from tests.process import start_exporter_on_a_free_port
 from tests.prometheus_support import (
     COMPAT_RULES,
     MIXIN_ALERTS,
@@ -297,7 +296,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         }
         env["PG_EXPORTER_LONG_QUERY_THRESHOLD_SECONDS"] = "2"
 
-        def start_exporter(port: int) -> subprocess.Popen[bytes]:
+        def arguments(port: int) -> list[str]:
             config = tmp / f"exporter-{port}.toml"
             config.write_text(
                 f"""
@@ -317,20 +316,11 @@ dsn = "host=127.0.0.1 port={bouncer_port} dbname=pgbouncer user={MONITOR}"
 dsn = "{monitor} port={gone_port} connect_timeout=1"
 """
             )
-            with (tmp / f"exporter-{port}.log").open("wb") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "exporter", "--config", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            processes.append(process)
-            return process
+            return ["--config", str(config)]
 
-        _, exporter_port = serve_on_a_free_port(
-            start_exporter, lambda port: tmp / f"exporter-{port}.log"
+        exporter_port, exporter_log = start_exporter_on_a_free_port(
+            tmp, processes, arguments, env=env
         )
-        exporter_log = tmp / f"exporter-{exporter_port}.log"
         exporter_url = f"http://127.0.0.1:{exporter_port}"
         wait_until(
             "the exporter to serve",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.process import serve_on_a_free_port
+from tests.process import start_exporter_on_a_free_port
 from tests.prometheus_support import fast_rules, http_json, start_prometheus, stop_process
 from tests.seed_jobs_support import build_seed_problems, fix_seed_problems
 from tests.support import Server, connect, free_port, needs_tool, wait_for
@@ -53,7 +52,7 @@ def stack(pg: Server, database: str, tmp_path: Path) -> Iterator[tuple[str, list
     prometheus_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME"))}
 
-    def start_exporter(port: int) -> subprocess.Popen[bytes]:
+    def arguments(port: int) -> list[str]:
         config = tmp_path / f"exporter-{port}.toml"
         config.write_text(
             f'data_source_name = "{pg.monitor(database)}"\n'
@@ -61,19 +60,11 @@ def stack(pg: Server, database: str, tmp_path: Path) -> Iterator[tuple[str, list
             'matview_refresh_interval = { "mv_dashboard_stats" = "1 second" }\n'
             f'include_databases = ["^{database}$"]\n'
         )
-        with (tmp_path / f"exporter-{port}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        processes.append(process)
-        return process
+        return ["--config", str(config)]
 
     try:
-        _, exporter_port = serve_on_a_free_port(
-            start_exporter, lambda port: tmp_path / f"exporter-{port}.log"
+        exporter_port, exporter_log = start_exporter_on_a_free_port(
+            tmp_path, processes, arguments, env=env
         )
         config = {
             "global": {
@@ -90,7 +81,7 @@ def stack(pg: Server, database: str, tmp_path: Path) -> Iterator[tuple[str, list
             ],
         }
         prometheus_log = start_prometheus(tmp_path, config, prometheus_port, processes)
-        logs = [tmp_path / f"exporter-{exporter_port}.log", prometheus_log]
+        logs = [exporter_log, prometheus_log]
         yield f"http://127.0.0.1:{prometheus_port}", logs
     finally:
         for process in reversed(processes):
