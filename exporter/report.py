@@ -1,7 +1,8 @@
 """`pg-health-exporter report`: the health checks once, for cron jobs and CI pipelines.
 
 One collection against the DSN (the same collectors, the same checks and numbers as the page
-and the alerts), printed as text, JSON or Markdown, and an exit status a script can act on:
+and the alerts; with several DSNs, each at once, the status being the worst), printed as
+text, JSON or Markdown, and an exit status a script can act on:
 
 ====  =====================================================================
 0     every check ok (or with nothing to judge)
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from exporter.catalog import Catalog
+from exporter.dsn import server_labels
 from exporter.health import CheckResult, State, evaluate, format_threshold, format_value, overall
 from exporter.settings import Settings
 from exporter.target import Target
@@ -43,14 +45,18 @@ def _runbook_base(settings: Settings) -> str:
 
 
 async def collect(
-    settings: Settings, catalog: Catalog, *, seen: list[dict[str, Any]] | None = None
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    seen: list[dict[str, Any]] | None = None,
+    dsn: str | None = None,
 ) -> tuple[Target, list[CheckResult]]:
-    """Collect once from the settings' DSN and judge every check.
+    """Collect once from a DSN (the settings' first by default) and judge every check.
 
     ``seen``: the refresh tracker's state from an earlier run, taken back before collecting.
     """
     collectors = catalog.selected(profile=settings.profile, disabled=settings.disabled_collectors)
-    target = Target("report", settings.dsn, settings, collectors)
+    target = Target("report", settings.dsn if dsn is None else dsn, settings, collectors)
     if seen:
         target.refreshes.load(seen)
     await target.open()
@@ -62,15 +68,16 @@ async def collect(
     return target, results
 
 
-def _read_state(state_file: Path) -> list[dict[str, Any]] | None:
+def _read_state(state_file: Path) -> list[dict[str, Any]] | dict[str, Any] | None:
+    """Return what the last run kept: a list for one DSN, a list by server for several."""
     try:
         data = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # none yet, or unreadable: a first run, not a failure
-    return data if isinstance(data, list) else None
+    return data if isinstance(data, list | dict) else None
 
 
-def _write_state(state_file: Path, data: list[dict[str, Any]]) -> None:
+def _write_state(state_file: Path, data: list[dict[str, Any]] | dict[str, Any]) -> None:
     temporary = state_file.with_name(state_file.name + ".tmp")
     temporary.write_text(json.dumps(data), encoding="utf-8")
     os.replace(temporary, state_file)
@@ -182,16 +189,51 @@ def run_report(
     """Collect, judge and render; return the text and the exit status."""
     started = time.monotonic()
     seen = _read_state(state_file) if state_file is not None else None
-    target, results = asyncio.run(collect(settings, catalog, seen=seen))
-    if state_file is not None:
-        _write_state(state_file, target.refreshes.dump())
+    dsns = settings.data_sources()
+    if len(dsns) < 2:
+        target, results = asyncio.run(
+            collect(settings, catalog, seen=seen if isinstance(seen, list) else None)
+        )
+        if state_file is not None:
+            _write_state(state_file, target.refreshes.dump())
+        reports = [(target, results)]
+    else:
+        reports = asyncio.run(_collect_each(settings, catalog, dsns, seen, state_file))
     runbook = _runbook_base(settings)
+    worst = overall([result for _, results in reports for result in results])
     if output_format == "json":
-        data = as_json(target, results, runbook)
+        each = [as_json(target, results, runbook) for target, results in reports]
+        data: dict[str, Any] = each[0] if len(each) == 1 else {"status": worst, "targets": each}
         data["seconds"] = round(time.monotonic() - started, 3)
         text = json.dumps(_finite(data), indent=2) + "\n"
     elif output_format == "markdown":
-        text = render_markdown(target, results, runbook)
+        text = "\n".join(render_markdown(target, results, runbook) for target, results in reports)
     else:
-        text = render_text(target, results, runbook)
-    return text, EXIT_STATUS[overall(results)]
+        text = "\n".join(render_text(target, results, runbook) for target, results in reports)
+    return text, EXIT_STATUS[worst]
+
+
+async def _collect_each(
+    settings: Settings,
+    catalog: Catalog,
+    dsns: Sequence[str],
+    seen: list[dict[str, Any]] | dict[str, Any] | None,
+    state_file: Path | None,
+) -> list[tuple[Target, list[CheckResult]]]:
+    """Collect from every DSN at once (postgres_exporter's several DSNs), each by its server
+    label in the state file."""
+    labels = server_labels(list(dsns))
+    kept = seen if isinstance(seen, dict) else {}
+    reports = await asyncio.gather(
+        *(
+            collect(settings, catalog, dsn=dsn, seen=kept.get(label))
+            for dsn, label in zip(dsns, labels, strict=True)
+        )
+    )
+    if state_file is not None:
+        kept_now = {
+            label: target.refreshes.dump()
+            for label, (target, _) in zip(labels, reports, strict=True)
+        }
+        _write_state(state_file, kept_now)
+    return list(reports)

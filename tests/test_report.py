@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from exporter.dsn import server_labels
 from tests.seed_jobs_support import MATVIEW_INTERVAL, build_seed_problems, fix_seed_problems
 from tests.support import Server, free_port
 
 
-def report(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+def report(
+    *args: str, config: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", **(env or {})}
     if "PYTHONPATH" in os.environ:  # a worktree's own code first, as the tests run
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     command = [sys.executable, "-m", "exporter", "report", *args]
@@ -93,6 +97,26 @@ def test_an_unreachable_database_is_critical_and_no_password_is_shown() -> None:
     assert data["status"] == "critical"
     assert [check["name"] for check in data["checks"]] == ["up"]
     assert "Sekrit-991" not in result.stdout + result.stderr
+
+
+def test_several_dsns_are_each_reported_and_the_worst_decides(pg: Server, tmp_path: Path) -> None:
+    # postgres_exporter's DATA_SOURCE_NAME with two servers, one of them gone.
+    dead = f"host=127.0.0.1 port={free_port()} user=x password=Sekrit-992 connect_timeout=1"
+    state = tmp_path / "state.json"
+    env = {"DATA_SOURCE_NAME": f"{pg.monitor()},{dead}"}
+    result = report("--format", "json", "--state-file", str(state), env=env)
+    assert result.returncode == 3, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "critical" and len(data["targets"]) == 2
+    live, gone = data["targets"]
+    assert {c["name"]: c["level"] for c in live["checks"]}["up"] == "ok"
+    assert [(c["name"], c["level"]) for c in gone["checks"]] == [("up", "critical")]
+    # What each saw (materialized-view refreshes), kept by its server label for the next run.
+    assert sorted(json.loads(state.read_text())) == sorted(server_labels([pg.monitor(), dead]))
+    text = report(env=env)
+    headings = re.findall(r"^(OK|WARNING|CRITICAL|NO DATA): ", text.stdout, re.MULTILINE)
+    assert text.returncode == 3 and len(headings) == 2, text.stdout
+    assert "Sekrit-992" not in result.stdout + result.stderr + text.stdout + text.stderr
 
 
 def test_bad_configuration_exits_2(tmp_path: Path) -> None:
