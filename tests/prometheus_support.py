@@ -82,6 +82,31 @@ MIXIN_NOT_BUILT = {
 }
 
 
+#: The postgres_exporter metrics the community's most imported dashboard (Grafana.com 9628,
+#: "PostgreSQL Database") queries; its process_* come from the process collector here too.
+COMMUNITY_DASHBOARD_NAMES = {
+    "pg_locks_count", "pg_postmaster_start_time_seconds", "pg_static", "pg_up",
+    "pg_settings_effective_cache_size_bytes", "pg_settings_maintenance_work_mem_bytes",
+    "pg_settings_max_connections", "pg_settings_max_parallel_workers",
+    "pg_settings_max_wal_size_bytes", "pg_settings_max_worker_processes",
+    "pg_settings_random_page_cost", "pg_settings_seq_page_cost",
+    "pg_settings_shared_buffers_bytes", "pg_settings_work_mem_bytes", "pg_stat_activity_count",
+    "pg_stat_bgwriter_buffers_alloc", "pg_stat_bgwriter_buffers_backend",
+    "pg_stat_bgwriter_buffers_backend_fsync", "pg_stat_bgwriter_buffers_checkpoint",
+    "pg_stat_bgwriter_buffers_clean", "pg_stat_bgwriter_checkpoint_sync_time",
+    "pg_stat_bgwriter_checkpoint_write_time", "pg_stat_database_blks_hit",
+    "pg_stat_database_blks_read", "pg_stat_database_conflicts", "pg_stat_database_deadlocks",
+    "pg_stat_database_temp_bytes", "pg_stat_database_tup_deleted",
+    "pg_stat_database_tup_fetched", "pg_stat_database_tup_inserted",
+    "pg_stat_database_tup_returned", "pg_stat_database_tup_updated",
+    "pg_stat_database_xact_commit", "pg_stat_database_xact_rollback",
+}  # fmt: skip
+PROCESS_METRICS = {
+    "process_cpu_seconds_total", "process_open_fds", "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+}  # fmt: skip
+
+
 def mixin_alert_rules() -> dict[str, dict[str, Any]]:
     """Return the vendored mixin's alerting rules by alert name."""
     document = yaml.safe_load(MIXIN_ALERTS.read_text())

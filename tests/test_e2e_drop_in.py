@@ -29,9 +29,11 @@ import yaml
 
 from tests.process import start_exporter_on_a_free_port
 from tests.prometheus_support import (
+    COMMUNITY_DASHBOARD_NAMES,
     COMPAT_RULES,
     FAST_GLOBAL,
     MIXIN_ALERTS,
+    PROCESS_METRICS,
     Stack,
     start_prometheus,
     stop_process,
@@ -210,6 +212,22 @@ def test_their_metric_names_come_through_the_compat_rules(deployment: Deployment
         ),
         stack.deadline(),
     )
+
+
+def test_every_series_the_community_dashboard_reads_has_data(deployment: Deployment) -> None:
+    # Grafana.com 9628, postgres_exporter's most imported dashboard: each metric it queries,
+    # for this exporter's instance, in the real Prometheus (through the compat rules).
+    stack = deployment.stack
+    wanted = COMMUNITY_DASHBOARD_NAMES | PROCESS_METRICS
+
+    def missing() -> set[str]:
+        return {
+            name
+            for name in wanted
+            if not stack.query(f'{name}{{job="postgres", instance="{deployment.exporter}"}}')
+        }
+
+    wait_until("every series of dashboard 9628", lambda: not missing(), stack.deadline())
 
 
 def test_the_mixin_sees_the_dead_server(deployment: Deployment) -> None:
