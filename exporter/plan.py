@@ -68,17 +68,25 @@ def select_databases(
 ) -> list[str]:
     """Filter discovered databases: full-match include patterns (all if none), minus excludes.
 
+    A pattern also matches the name it spells exactly, as postgres_exporter's exact names do
+    ("app+ci" is that database, though as a regular expression it is "appp...ci").
+
     >>> select_databases(["app", "postgres", "scratch_1"], include=[], exclude=["scratch_.*"],
     ...                  limit=10)
     ['app', 'postgres']
     >>> select_databases(["a", "b", "c"], include=["a|b|c"], exclude=[], limit=2)
     ['a', 'b']
+    >>> select_databases(["app+ci", "app"], include=[], exclude=["app+ci"], limit=10)
+    ['app']
     """
+
+    def matches(patterns: Sequence[str], name: str) -> bool:
+        return any(name == p or re.fullmatch(p, name) for p in patterns)
+
     chosen = [
         name
         for name in names
-        if (not include or any(re.fullmatch(p, name) for p in include))
-        and not any(re.fullmatch(p, name) for p in exclude)
+        if (not include or matches(include, name)) and not matches(exclude, name)
     ]
     return chosen[:limit]
 
