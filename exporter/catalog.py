@@ -8,7 +8,6 @@ Loading fails on the first problem with a one-line message naming the file and t
 from __future__ import annotations
 
 import logging
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -18,7 +17,8 @@ from pydantic import ValidationError
 
 from exporter.compat import load_queries_yaml
 from exporter.errors import CatalogError
-from exporter.settings import describe_validation_error, read_text_file
+from exporter.inputs import is_directory, parse_toml, read_text_file
+from exporter.settings import describe_validation_error
 from exporter.spec import (
     METRIC_USAGES,
     PROFILE_RANK,
@@ -79,10 +79,7 @@ RETIRED_COLLECTORS: dict[str, str] = {
 
 def load_collector_file(path: Path | str, text: str) -> CollectorSpec:
     """Parse and validate one collector file; raise CatalogError naming the file and field."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"{path}: not valid TOML: {exc}") from None
+    document = parse_toml(text, str(path), CatalogError)
     try:
         return CollectorSpec.model_validate(document)
     except ValidationError as exc:
@@ -101,7 +98,7 @@ def builtin_files() -> list[tuple[str, str]]:
 
 def directory_files(directory: Path) -> list[tuple[str, str]]:
     """Return (path, text) for each collector file in a user directory."""
-    if not directory.is_dir():
+    if not is_directory(directory, CatalogError):
         raise CatalogError(f"{directory}: collector directory does not exist")
     try:
         paths = sorted(path for path in directory.iterdir() if path.name.endswith(".toml"))

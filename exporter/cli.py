@@ -24,6 +24,7 @@ from exporter.catalog import RETIRED_COLLECTORS, Catalog, load_catalog
 from exporter.compat import POSTGRES_EXPORTER_COLLECTORS
 from exporter.errors import ConfigError, ExporterError
 from exporter.fleet import Fleet, build_fleet
+from exporter.inputs import one_line
 from exporter.logs import configure_logging
 from exporter.settings import (
     LOG_LEVELS,
@@ -46,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print one line naming the problem and exit with status 2."""
-        print(f"{self.prog}: {message}", file=sys.stderr)
+        print(one_line(f"{self.prog}: {message}"), file=sys.stderr)
         sys.exit(EXIT_CONFIG)
 
 
@@ -461,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         serve(loaded, rebuild=lambda: load(*arguments, **options).fleet)
     except ExporterError as exc:
-        print(f"pg-health-exporter: {exc}", file=sys.stderr)
+        print(one_line(f"pg-health-exporter: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     return 0
 

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from exporter.errors import CatalogError
-from exporter.settings import describe_validation_error, read_text_file
+from exporter.inputs import load_yaml
+from exporter.settings import describe_validation_error
 from exporter.spec import CollectorSpec
 
 _USAGES = {
@@ -29,7 +29,8 @@ _USAGES = {
 }
 # Label columns taken for statement text, and redacted as such (redact = "sql").
 STATEMENT_TEXT_COLUMNS = frozenset({"query", "query_text", "statement", "current_query"})
-_RANGE = re.compile(r"(>=|<=|>|<|=)?\s*(\d+)(?:\.(\d+))?(?:\.\d+)?")
+# Versions of at most 4 digits a part: a longer number is no PostgreSQL version.
+_RANGE = re.compile(r"(>=|<=|>|<|=)?\s*(?<![\d.])(\d{1,4})(?:\.(\d{1,4}))?(?:\.\d{1,4})?(?![\d.])")
 
 
 def _version_bounds(expression: str, where: str) -> tuple[int | None, int | None]:
@@ -58,8 +59,8 @@ def _version_bounds(expression: str, where: str) -> tuple[int | None, int | None
             high = number + 1
         else:  # "="
             low, high = number, number + 1
-    if low is None and high is None:
-        raise CatalogError(f"{where}.runonserver: cannot read version range {expression!r}")
+    if (low is None and high is None) or _RANGE.sub("", expression).strip():
+        raise CatalogError(f"{where}.runonserver: cannot read version range {expression[:40]!r}")
     return low, high
 
 
@@ -68,6 +69,8 @@ def _collector(path: Path, namespace: str, entry: Any) -> CollectorSpec:
     if not isinstance(entry, dict) or "query" not in entry or "metrics" not in entry:
         raise CatalogError(f"{where}: needs 'query' and 'metrics'")
     columns: dict[str, dict[str, Any]] = {}
+    if not isinstance(entry["metrics"] or [], list):
+        raise CatalogError(f"{where}.metrics: expected a list of 'column: {{usage: ...}}'")
     for item in entry["metrics"] or []:
         if not isinstance(item, dict) or len(item) != 1:
             raise CatalogError(f"{where}.metrics: each item is one 'column: {{usage: ...}}'")
@@ -115,10 +118,7 @@ def _collector(path: Path, namespace: str, entry: Any) -> CollectorSpec:
 
 def load_queries_yaml(path: Path) -> list[CollectorSpec]:
     """Read a postgres_exporter query file; raise CatalogError naming the entry if wrong."""
-    try:
-        document = yaml.safe_load(read_text_file(path, CatalogError)) or {}
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    document = load_yaml(path, CatalogError) or {}
     if not isinstance(document, dict):
         raise CatalogError(f"{path}: expected a mapping of query names")
     return [_collector(path, str(name), entry) for name, entry in document.items()]

@@ -18,7 +18,8 @@ _URI_START = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
 _KEYWORD_START = re.compile(r"\s*([a-z_]+)\s*=")
 
 
-def _keywords() -> frozenset[str]:
+def libpq_keywords() -> frozenset[str]:
+    """Return the connection keywords the libpq in use knows."""
     return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
 
 
@@ -37,7 +38,7 @@ def split_dsns(text: str) -> list[str]:
     >>> split_dsns("host=a,b port=5432,5433 user=u")
     ['host=a,b port=5432,5433 user=u']
     """
-    keywords = _keywords()
+    keywords = libpq_keywords()
     dsns: list[str] = []
     for piece in text.split(","):
         keyword = _KEYWORD_START.match(piece)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -23,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -30,8 +30,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from exporter.dsn import parse_dsn, split_dsns
-from exporter.errors import ConfigError, ExporterError
+from exporter.dsn import libpq_keywords, option_problem, parse_dsn, scrub, split_dsns
+from exporter.errors import ConfigError
+from exporter.inputs import load_yaml, parse_json, parse_toml, read_text_file, usable_text
 
 Profile = Literal["minimal", "standard", "full"]
 #: A PostgreSQL interval as an operator writes it: "12 months", "90 days", "1 year 6 months".
@@ -48,7 +49,13 @@ _UNIT_SECONDS = {
     "s": 1,
 }
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-PositiveSeconds = Annotated[float, Field(gt=0)]
+#: Durations: a year at most (a longer one is a typo, and some reach SQL intervals).
+YEAR_SECONDS = 365 * 86400
+Seconds = Annotated[float, Field(ge=0, le=YEAR_SECONDS)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=YEAR_SECONDS)]
+#: A server-side timeout: PostgreSQL keeps it in milliseconds in an int (24.8 days at most),
+#: and one under a millisecond would round to 0, which means no timeout at all.
+DatabaseSeconds = Annotated[float, Field(ge=0.001, le=2_147_483)]
 # Lists from the environment: comma-separated as postgres_exporter reads them, or JSON.
 CommaList = Annotated[list[str], NoDecode]
 CommaPaths = Annotated[list[Path], NoDecode]
@@ -130,6 +137,23 @@ class AuthModule(BaseModel):
     userpass: UserPass
     options: dict[str, str] = {}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _usable_text(cls, module: Any) -> Any:
+        return usable_text(module)
+
+    @field_validator("options")
+    @classmethod
+    def _libpq_options(cls, options: dict[str, str]) -> dict[str, str]:
+        # Checked at start, not at the first /probe (where it would look like the target's).
+        unknown = sorted(set(options) - libpq_keywords())
+        if unknown:
+            raise ValueError(f"{unknown[0][:40]!r} is not a libpq connection option")
+        problem = option_problem(options)
+        if problem is not None:
+            raise ValueError(scrub(problem, list(options.values())))
+        return options
+
 
 class TargetSettings(BaseModel):
     """One named server to watch, scraped through /probe?target=NAME."""
@@ -186,11 +210,31 @@ class TargetSettings(BaseModel):
         return make_conninfo(dsn, password=password) if password is not None else dsn
 
 
+class _EnvSource(EnvSettingsSource):
+    """The environment, its JSON values read as the settings' own (one line when they are bad)."""
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        """Parse a JSON value; raise ValueError naming the field, never the value."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except (ValueError, RecursionError):
+            try:
+                parse_json(value)
+            except ValueError as exc:
+                raise ValueError(f"{field_name}: {exc}") from None
+            raise
+
+
 class Settings(BaseSettings):
     """Every setting of the exporter; `config.example.toml` documents each one."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PG_EXPORTER_", extra="forbid", frozen=True, populate_by_name=True
+        env_prefix="PG_EXPORTER_",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        # inf or NaN seconds, a count or a size: never a setting (1e400 reads as inf).
+        allow_inf_nan=False,
     )
 
     data_source_name: SecretStr | None = Field(
@@ -243,15 +287,15 @@ class Settings(BaseSettings):
     exclude_databases: CommaList = []
     max_databases: int = Field(default=100, ge=1)
     pool_size: int = Field(default=2, ge=1, le=20)
-    connect_timeout_seconds: PositiveSeconds = 5.0
-    statement_timeout_seconds: PositiveSeconds = 10.0
-    lock_timeout_seconds: PositiveSeconds = 1.0
+    connect_timeout_seconds: DatabaseSeconds = 5.0
+    statement_timeout_seconds: DatabaseSeconds = 10.0
+    lock_timeout_seconds: DatabaseSeconds = 1.0
     scrape_timeout_seconds: PositiveSeconds = Field(
         default=10.0,
         validation_alias=_env_alias("scrape_timeout_seconds", "PG_EXPORTER_COLLECTION_TIMEOUT"),
     )
-    scrape_timeout_margin_seconds: float = Field(default=0.5, ge=0)
-    long_query_threshold_seconds: float = Field(default=30.0, ge=0)
+    scrape_timeout_margin_seconds: Seconds = 0.5
+    long_query_threshold_seconds: Seconds = 30.0
     top_n: int = Field(default=20, ge=1, le=1000)
     query_text: bool = True
     query_text_max_length: int = Field(default=200, ge=1, le=100_000)
@@ -273,7 +317,7 @@ class Settings(BaseSettings):
     runbook_url: str = "/runbook"
     object_budget: int = Field(default=250, ge=1)
     object_top_n: int = Field(default=20, ge=1, le=1000)
-    object_hold_seconds: float = Field(default=900.0, ge=0)
+    object_hold_seconds: Seconds = 900.0
     include_schemas: CommaList = []
     exclude_schemas: CommaList = []
     include_tables: CommaList = []
@@ -307,6 +351,11 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=512, ge=1)
     http_request_head_timeout_seconds: PositiveSeconds = 10.0
     http_idle_timeout_seconds: PositiveSeconds = 75.0
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _usable_text(cls, value: Any) -> Any:
+        return usable_text(value)
 
     @field_validator("const_labels")
     @classmethod
@@ -344,10 +393,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         if value.lstrip().startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not a JSON list ({exc.msg})") from None
+            return parse_json(value)
         return [item.strip() for item in value.split(",") if item.strip()]
 
     @field_validator(
@@ -358,10 +404,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         if value.lstrip().startswith("{"):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not a JSON object ({exc.msg})") from None
+            return parse_json(value)
         pairs = [item.partition("=") for item in value.split(",") if item.strip()]
         if any(not sep or not key.strip() for key, sep, _ in pairs):
             raise ValueError("expected key=value pairs separated by commas, or a JSON object")
@@ -535,7 +578,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Command line over environment over file, as operators expect.
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
@@ -603,10 +646,9 @@ def _read_secret_file(path: Path | None, setting: str) -> str | None:
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"{setting}: cannot read {path}: {reason}") from None
+        return read_text_file(path).strip()
+    except ConfigError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
 
 
 # A setting's error names the setting, whichever environment variable it came from.
@@ -655,12 +697,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Read the settings; raise ConfigError with one line naming the source and the field."""
     source = str(config_file) if config_file else "settings"
     if config_file is not None:
-        import tomllib
-
-        try:
-            tomllib.loads(read_text_file(config_file))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+        parse_toml(read_text_file(config_file), str(config_file))
     settings_cls = Settings
     if config_file is not None:
         config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
@@ -673,8 +710,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
     except SettingsError as exc:
         # A value in the environment that is not the JSON a nested setting needs; the
-        # message names the field and the source, never the value.
-        raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
+        # message names the field (and why, from _EnvSource), never the value.
+        cause = exc.__cause__
+        problem = str(cause) if isinstance(cause, ValueError) else str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {problem}") from None
 
 
 def load_auth_modules_file(path: Path) -> dict[str, AuthModule]:
@@ -688,14 +727,7 @@ def load_auth_modules_file(path: Path) -> dict[str, AuthModule]:
     ...     load_auth_modules_file(Path(f.name))["m"].userpass.username
     'u'
     """
-    import yaml
-
-    try:
-        document = yaml.safe_load(read_text_file(path))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    document = load_yaml(path)
     if document is None:
         return {}
     if not isinstance(document, dict):
@@ -716,45 +748,12 @@ def load_auth_modules_file(path: Path) -> dict[str, AuthModule]:
     return parsed
 
 
-def read_text_file(path: Path, error: type[ExporterError] = ConfigError) -> str:
-    """Return a UTF-8 file's text; raise `error` with one line saying why it cannot be read."""
-    return _decoded(path, read_file(path, error), error)
-
-
-def _decoded(path: Path, data: bytes, error: type[ExporterError]) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
-def read_file(path: Path, error: type[ExporterError] = ConfigError) -> bytes:
-    """Return a file's bytes; raise `error` with one line saying why it cannot be read.
-
-    Only a regular file is read: a FIFO or a device such as /dev/zero would never end.
-    """
-    try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError
-        if not stat.S_ISREG(mode):
-            raise error(f"{path}: not a regular file")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, not a file") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError:
-        raise error(f"{str(path)[:80]!r}: not a valid file name") from None
-
-
 def describe_validation_error(exc: ValidationError) -> str:
     """Return the first error of a pydantic ValidationError as 'field.path: message'."""
     first = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(_FIELD_OF_ALIAS.get(str(part), str(part)) for part in first["loc"])
-    where = where or "(top level)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own words
-    return f"{where}: {message}{more}"
+    if not where and first["type"] == "value_error":
+        return f"{message}{more}"  # a whole-document check of ours names its own place
+    return f"{where or '(top level)'}: {message}{more}"

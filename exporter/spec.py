@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from exporter.inputs import usable_text
+from exporter.settings import YEAR_SECONDS
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -96,7 +99,8 @@ def _one_statement(sql: str | None) -> str | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf or NaN as a ttl, a timeout, a scale or a bucket bound: never meant (1e400 is inf).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ColumnSpec(_Strict):
@@ -260,8 +264,9 @@ class CollectorSpec(_Strict):
     scope: Literal["cluster", "database", "pgbouncer"]
     profile: Literal["minimal", "standard", "full"] = "standard"
     enabled: bool = True
-    ttl: float = Field(default=0, ge=0)
-    timeout: float | None = Field(default=None, gt=0)
+    ttl: float = Field(default=0, ge=0, le=YEAR_SECONDS)
+    # PostgreSQL's statement_timeout is milliseconds in an int: 24.8 days at most.
+    timeout: float | None = Field(default=None, ge=0.001, le=2_147_483)
     max_series: int = Field(default=1_000_000, ge=1)
     requires_extension: str | None = None
     recovery: Literal["any", "primary", "standby"] = "any"
@@ -278,6 +283,12 @@ class CollectorSpec(_Strict):
     info: InfoSpec | None = None
     objects: ObjectsSpec | None = None
     names: NamesSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usable_text(cls, document: Any) -> Any:
+        # A NUL in SQL or a name would reach PostgreSQL or a page; found here, named by field.
+        return usable_text(document)
 
     @field_validator("predicate")
     @classmethod

@@ -66,7 +66,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -81,12 +80,8 @@ from pydantic import (
 
 from exporter.appkeys import PROCESS_REGISTRY
 from exporter.errors import ConfigError
-from exporter.settings import (
-    describe_validation_error,
-    go_duration_seconds,
-    read_file,
-    read_text_file,
-)
+from exporter.inputs import load_yaml, read_file, usable_text
+from exporter.settings import describe_validation_error, go_duration_seconds
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +136,7 @@ VERIFYING = ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
 class TLSServerConfig(BaseModel):
     """The tls_server_config section."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -275,7 +270,7 @@ ALLOWED_HEADERS = frozenset(HEADER_VALUES)
 class HTTPServerConfig(BaseModel):
     """The http_server_config section."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Accepted for exporter-toolkit's files; aiohttp serves HTTP/1.1 either way.
     http2: bool = True
@@ -291,6 +286,9 @@ class HTTPServerConfig(BaseModel):
                 )
             if any(c in value for c in "\r\n"):
                 raise ValueError(f"header {name}: a value is one line")
+            if any(not c.isprintable() and c != "\t" for c in value):
+                # As Go's net/http refuses them: a client may drop the whole response.
+                raise ValueError(f"header {name}: a control character in the value")
             if HEADER_VALUES[name] and value not in HEADER_VALUES[name]:
                 raise ValueError(f"header {name}: one of {', '.join(HEADER_VALUES[name])}")
         return headers
@@ -299,7 +297,7 @@ class HTTPServerConfig(BaseModel):
 class RateLimit(BaseModel):
     """The rate_limit section: a token bucket over all requests, as exporter-toolkit's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     interval: float = 0.0  # seconds between two requests; 0 turns the limit off
     burst: int = 0
@@ -321,12 +319,18 @@ class RateLimit(BaseModel):
 class WebConfig(BaseModel):
     """The whole web config file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     tls_server_config: TLSServerConfig | None = None
     http_server_config: HTTPServerConfig = HTTPServerConfig()
     rate_limit: RateLimit = RateLimit()
     basic_auth_users: dict[str, SecretStr] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usable_text(cls, document: Any) -> Any:
+        # A NUL would cut a file name or a header short; found here, it is named by field.
+        return usable_text(document)
 
     @field_validator("tls_server_config")
     @classmethod
@@ -344,11 +348,17 @@ class WebConfig(BaseModel):
                 raise ValueError(f"user {user[:40]!r}: not a bcrypt hash")
             if not 4 <= bcrypt_cost(hashed) <= 31:
                 raise ValueError(f"user {user[:40]!r}: bcrypt cost must be 4 to 31")
+            if not _BCRYPT_SALT_AND_HASH.fullmatch(hashed[7:]):
+                # bcrypt would refuse it at every request: no password could ever match.
+                raise ValueError(f"user {user[:40]!r}: not a bcrypt hash")
         return users
 
     def users(self) -> dict[str, str]:
         """Return basic_auth_users: user name -> bcrypt hash."""
         return {user: hashed.get_secret_value() for user, hashed in self.basic_auth_users.items()}
+
+
+_BCRYPT_SALT_AND_HASH = re.compile(r"[./A-Za-z0-9]{53}")
 
 
 def bcrypt_cost(hashed: str) -> int:
@@ -367,18 +377,11 @@ def parse_web_config(path: Path) -> WebConfig:
     Relative file names are taken from the web config file's directory, as exporter-toolkit
     takes them.
     """
-    try:
-        document = yaml.safe_load(read_text_file(path)) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    document = load_yaml(path) or {}
     try:
         config = WebConfig.model_validate(document)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply") from None
     if config.tls_server_config is not None:
         tls = config.tls_server_config.with_directory(path.parent)
         config = config.model_copy(update={"tls_server_config": tls})

@@ -14,6 +14,7 @@ import exporter.dsn
 import exporter.exposition
 import exporter.httpserver
 import exporter.info
+import exporter.inputs
 import exporter.plan
 import exporter.redact
 import exporter.settings
@@ -35,6 +36,7 @@ from tests.support import GOOD_COLLECTOR
         exporter.exposition,
         exporter.httpserver,
         exporter.info,
+        exporter.inputs,
         exporter.plan,
         exporter.redact,
         exporter.settings,

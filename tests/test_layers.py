@@ -10,7 +10,8 @@ import exporter
 # settings -> catalog -> plan -> execute -> snapshot -> exposition -> HTTP, step by step.
 # A module may import only modules of earlier layers (or its own layer's earlier entries).
 LAYERS: list[list[str]] = [
-    ["errors", "dsn", "settings", "redact", "thresholds", "logs", "logonce", "background"],
+    ["errors", "inputs", "dsn", "settings", "redact", "thresholds", "logs", "logonce"],
+    ["background"],
     ["spec", "compat", "catalog"],
     ["plan"],
     ["connections", "execute"],

@@ -321,7 +321,7 @@ def test_inline_cert_key_and_client_ca(ca: TestCA, tmp_path: Path) -> None:
             "\n  client_ca: |\n    not a certificate\n",
             "tls_server_config.client_ca:",
         ),
-        ('  cert_file: "c\\0.pem"\n  key_file: {key}\n', "not a valid file name"),
+        ('  cert_file: "c\\0.pem"\n  key_file: {key}\n', "cert_file: a NUL character"),
         (
             "  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: VerifyClientCertIfGiven"
             "\n  client_ca_file: /dev/zero\n",
