@@ -606,8 +606,15 @@ async def serve_forever(
                         )
                     servers.append(server)
                 except OSError as exc:
-                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-                    raise ExporterError(f"cannot listen on {host}:{port}: {reason}") from None
+                    # A name that does not resolve is a gaierror: its errno is getaddrinfo's.
+                    reason = (
+                        os.strerror(exc.errno)
+                        if exc.errno and exc.errno > 0
+                        else exc.strerror or str(exc)
+                    )
+                    raise ExporterError(
+                        f"cannot listen on {host}:{port}: {reason.lower()}"
+                    ) from None
             for listening in sockets:
                 servers.append(
                     await loop.create_server(gate.protocol_factory(runner.server), sock=listening)

@@ -108,3 +108,6 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
         formatter = logging.Formatter(TEXT_FORMAT)
     _handler.setFormatter(formatter)
     root.setLevel(level)
+    # psycopg sets its own logger to WARNING: --log.level=error must quiet it too (and debug
+    # is ours to tell, not every pool event's).
+    logging.getLogger("psycopg").setLevel(max(logging.WARNING, root.level))

@@ -681,6 +681,11 @@ def listen_host_port(address: str) -> tuple[str, int]:
         or any(c.isspace() or c in "/?#@" for c in host)
     ):
         raise ValueError(f"{address[:60]!r} is not HOST:PORT (an IPv6 address in brackets)")
+    if not bracketed:
+        try:
+            host.encode("idna")  # what the resolver is asked: a label empty or over 63 fails
+        except UnicodeError:
+            raise ValueError(f"{address[:60]!r}: {host[:40]!r} is not a host name") from None
     return (host[1:-1] if bracketed else host, int(port))
 
 
