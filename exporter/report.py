@@ -28,7 +28,9 @@ from typing import Any, Literal
 
 from exporter.catalog import Catalog
 from exporter.dsn import server_labels
+from exporter.errors import ConfigError, ExporterError
 from exporter.health import CheckResult, State, evaluate, format_threshold, format_value, overall
+from exporter.inputs import parse_json, read_text_file
 from exporter.settings import Settings
 from exporter.target import Target
 
@@ -71,16 +73,24 @@ async def collect(
 def _read_state(state_file: Path) -> list[dict[str, Any]] | dict[str, Any] | None:
     """Return what the last run kept: a list for one DSN, a list by server for several."""
     try:
-        data = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # none yet, or unreadable: a first run, not a failure
+        data = parse_json(read_text_file(state_file))
+    except (ExporterError, ValueError):
+        return None  # none yet, or unreadable (a FIFO, /dev/zero...): a first run
     return data if isinstance(data, list | dict) else None
 
 
 def _write_state(state_file: Path, data: list[dict[str, Any]] | dict[str, Any]) -> None:
     temporary = state_file.with_name(state_file.name + ".tmp")
-    temporary.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(temporary, state_file)
+    try:
+        if state_file.exists() and not state_file.is_file():
+            # Replaced by a rename, a FIFO or a device (/dev/null!) would be gone.
+            raise ConfigError(f"--state-file: {state_file}: not a regular file")
+        temporary.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(temporary, state_file)
+    except OSError as exc:  # a directory by that name, no permission, a full disk
+        raise ConfigError(f"--state-file: cannot write {state_file}: {exc.strerror}") from None
+    except ValueError:  # a NUL in the name
+        raise ConfigError(f"--state-file: {str(state_file)[:80]!r} is no file name") from None
 
 
 def _ordered(results: Sequence[CheckResult]) -> list[CheckResult]:
