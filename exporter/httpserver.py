@@ -494,7 +494,10 @@ def systemd_sockets() -> list[socket.socket]:
     """
     pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
     os.environ.pop("LISTEN_FDNAMES", None)
-    if not count.isdigit() or int(count) < 1 or (pid.isdigit() and int(pid) != os.getpid()):
+    # ASCII digits, few of them: int() refuses '²' and numbers of thousands of digits.
+    count_ok = count.isascii() and count.isdigit() and len(count) < 6 and int(count) >= 1
+    pid_ok = not (pid.isascii() and pid.isdigit()) or (len(pid) < 12 and int(pid) == os.getpid())
+    if not count_ok or not pid_ok:
         raise ExporterError(
             "--web.systemd-socket: no socket passed by systemd (LISTEN_FDS/LISTEN_PID unset or"
             " for another process); start it from a .socket unit"
