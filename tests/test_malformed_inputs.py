@@ -454,3 +454,35 @@ def test_as_a_process(
         check=False,
     )
     _assert_one_line(result.returncode, result.stderr, expected)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_report_state_file_that_is_no_file(
+    kind: str,
+    tmp_path: Path,
+    place: Fill,
+    run_main: Callable[[list[str], Mapping[str, str]], tuple[int, str]],
+) -> None:
+    """report --state-file never replaces what is not a regular file (a FIFO, a device)."""
+    state = place("{tmp}" if kind == "directory" else "{fifo}")
+    status, stderr = run_main(
+        ["report", "--dsn", f"host={tmp_path}/no-socket-here", "--state-file", state], {}
+    )
+    _assert_one_line(status, stderr, "--state-file")
+    assert Path(state).is_dir() if kind == "directory" else Path(state).is_fifo()
+
+
+@pytest.mark.parametrize(
+    ("listen_fds", "listen_pid"),
+    [("9" * 5000, ""), ("\u00b2", ""), ("1", "9" * 5000), ("0", ""), ("-1", "")],
+)
+def test_systemd_variables_that_are_no_numbers(
+    listen_fds: str, listen_pid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.errors import ExporterError
+    from exporter.httpserver import systemd_sockets
+
+    monkeypatch.setenv("LISTEN_FDS", listen_fds)
+    monkeypatch.setenv("LISTEN_PID", listen_pid)
+    with pytest.raises(ExporterError, match="no socket passed by systemd"):
+        systemd_sockets()
