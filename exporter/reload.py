@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from exporter.appkeys import FLEET, PROBES, PROCESS_REGISTRY
 from exporter.errors import ExporterError
 from exporter.fleet import Fleet
+from exporter.inputs import one_line
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,12 @@ class Reloader(Collector):
         async with self._lock:
             try:
                 new = await asyncio.to_thread(self._rebuild)
-            except ExporterError as exc:
+            except Exception as exc:  # whatever breaks, the running configuration stays
+                if not isinstance(exc, ExporterError):
+                    exc = ExporterError(f"cannot be read: {type(exc).__name__}")
                 self.successful = False
                 log.error("reload failed, still serving the previous configuration: %s", exc)
-                return str(exc)
+                return one_line(str(exc))
             await asyncio.gather(*(target.open() for target in new.all()))
             old = self._app[FLEET].take_over(new)
             assert new.settings is not None

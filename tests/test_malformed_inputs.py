@@ -486,3 +486,18 @@ def test_systemd_variables_that_are_no_numbers(
     monkeypatch.setenv("LISTEN_PID", listen_pid)
     with pytest.raises(ExporterError, match="no socket passed by systemd"):
         systemd_sockets()
+
+
+async def test_a_reload_that_breaks_unforeseen_keeps_the_running_configuration() -> None:
+    """Whatever a reload raises, it is one line and the running configuration stays."""
+    from aiohttp import web
+
+    from exporter.fleet import Fleet
+    from exporter.reload import Reloader
+
+    def rebuild() -> Fleet:
+        raise RecursionError("a bug, not a configuration error")
+
+    reloader = Reloader(web.Application(), rebuild)
+    assert await reloader.reload() == "cannot be read: RecursionError"
+    assert reloader.successful is False
