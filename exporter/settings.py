@@ -36,8 +36,10 @@ from exporter.inputs import load_yaml, parse_json, parse_toml, read_text_file, u
 
 Profile = Literal["minimal", "standard", "full"]
 #: A PostgreSQL interval as an operator writes it: "12 months", "90 days", "1 year 6 months".
+#: (Six digits a part at most: PostgreSQL refuses "99999999999 years" as out of range, at
+#: every scrape.)
 INTERVAL = re.compile(
-    r"\s*(\d+\s*(years?|months?|weeks?|days?|hours?|minutes?|mins?|seconds?|secs?)\s*)+"
+    r"\s*(\d{1,6}\s*(years?|months?|weeks?|days?|hours?|minutes?|mins?|seconds?|secs?)\s*)+"
 )
 _UNIT_SECONDS = {
     "y": 365 * 86400,

@@ -187,6 +187,11 @@ FORMS: list[Case] = [
     Case("env-statement-timeout-rounds-to-none",
          env={"PG_EXPORTER_STATEMENT_TIMEOUT_SECONDS": "0.0001"},
          expected="statement_timeout_seconds"),
+    Case("env-retention-out-of-range",
+         env={"PG_EXPORTER_PARTITION_RETENTION": "audit_*=99999999999 years"},
+         expected="partition_retention"),
+    Case("env-retention-deep-json", env={"PG_EXPORTER_PARTITION_RETENTION": '{"a":' * 50_000},
+         expected="partition_retention: not JSON"),
     Case("env-collection-timeout-year", env={"PG_EXPORTER_COLLECTION_TIMEOUT": "9999h"},
          expected="scrape_timeout_seconds"),
     # Bytes that were not UTF-8 reach Python as surrogates: no server can take them.
