@@ -42,29 +42,35 @@ def read_file(
     """Return a file's bytes; raise `error` with one line saying why it cannot be read.
 
     Only a regular file of at most `limit` bytes is read: a FIFO or a device such as
-    /dev/zero would never end, and a file of gigabytes is no settings file.
+    /dev/zero would never end, and a file of gigabytes is no settings file. The file is
+    opened without blocking and then looked at, so a name swapped for a FIFO in between
+    cannot hang the open either.
     """
     try:
-        mode = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the name
+        raise error(f"{str(path)[:80]!r}: not a valid file name") from None
+    try:
+        mode = os.fstat(fd)
         if stat.S_ISDIR(mode.st_mode):
             raise error(f"{path}: is a directory, not a file")
         if not stat.S_ISREG(mode.st_mode):
             raise error(f"{path}: not a regular file")
         if mode.st_size > limit:
             raise error(f"{path}: larger than {limit >> 10} KiB")
-        with open(path, "rb") as file:
-            data = file.read(limit + 1)
-        if len(data) > limit:  # grew since
-            raise error(f"{path}: larger than {limit >> 10} KiB")
-        return data
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, not a file") from None
-    except OSError as exc:
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)  # /proc files say 0 bytes: the read is bounded too
+    except OSError as exc:  # EIO (/proc/self/mem)
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError:  # a NUL in the name
-        raise error(f"{str(path)[:80]!r}: not a valid file name") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit >> 10} KiB")
+    return data
 
 
 def read_text_file(
@@ -162,7 +168,7 @@ def text_problem(value: Any, where: str = "") -> str | None:
     >>> text_problem({"a": ["ok", "x\\x00y"]})
     'a.1: a NUL character'
     >>> text_problem("caf\\udce9")
-    'not UTF-8 (byte 0xe9 at character 4)'
+    'not UTF-8 (at character 4)'
     """
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
@@ -173,10 +179,8 @@ def text_problem(value: Any, where: str = "") -> str | None:
         if "\0" in value:
             return f"{prefix}a NUL character"
         surrogate = _SURROGATE.search(value)
-        if surrogate:
-            char = surrogate.group()
-            shown = f"byte 0x{ord(char) - 0xDC00:02x}" if char >= "\udc80" else "a surrogate"
-            return f"{prefix}not UTF-8 ({shown} at character {surrogate.start() + 1})"
+        if surrogate:  # where, not which byte: the value may be a password
+            return f"{prefix}not UTF-8 (at character {surrogate.start() + 1})"
         return None
     if isinstance(value, dict):
         for key, item in value.items():

@@ -196,7 +196,7 @@ FORMS: list[Case] = [
          expected="scrape_timeout_seconds"),
     # Bytes that were not UTF-8 reach Python as surrogates: no server can take them.
     Case("env-not-utf8", env={"PG_EXPORTER_APPLICATION_NAME": "caf\udce9"},
-         expected="application_name: not UTF-8 (byte 0xe9"),
+         expected="application_name: not UTF-8 (at character 4)"),
     Case("env-dsn-not-utf8", env={"DATA_SOURCE_NAME": f"host=db\udcff password={SECRET}"},
          expected="data_source_name: not UTF-8"),
     Case("env-pass-not-utf8", env={"DATA_SOURCE_URI": "db/x", "DATA_SOURCE_PASS": "\udcff"},
