@@ -207,18 +207,33 @@ def usable_text(value: Any) -> Any:
     return value
 
 
+#: The longest line a message is printed as: a value it quotes may be 100,000 characters.
+MAX_LINE = 1000
+
+
 def one_line(message: str) -> str:
-    r"""Return a message as one printable line: a file name may hold a newline.
+    r"""Return a message as one printable line of at most MAX_LINE characters.
+
+    A file name may hold a newline, and a message may quote a whole flag or key: what is in
+    the middle of an overlong line gives way, the start (file, field) and the end (the
+    problem) stay.
 
     >>> one_line("bad\nname: no such file")
     'bad\\nname: no such file'
+    >>> line = one_line("start " + "x" * 5000 + " end")
+    >>> len(line) <= MAX_LINE, line.startswith("start x"), line.endswith("x end")
+    (True, True, True)
     """
-    if message.isprintable():
-        return message
-    return "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in message
-    )
+    if not message.isprintable():
+        message = "".join(
+            char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+            for char in message
+        )
+    if len(message) > MAX_LINE:
+        keep = (MAX_LINE - 25) // 2
+        cut = len(message) - 2 * keep
+        message = f"{message[:keep]} [{cut} characters] {message[-keep:]}"
+    return message
 
 
 class _Loader(yaml.SafeLoader):

@@ -465,7 +465,11 @@ class Settings(BaseSettings):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+                raise ValueError(f"bad regular expression {pattern[:60]!r}: {exc}") from None
+            except RecursionError:  # '(((((...' thousands deep
+                raise ValueError(
+                    f"bad regular expression {pattern[:60]!r}: nested too deeply"
+                ) from None
         return patterns
 
     @field_validator("data_source_name")
@@ -758,7 +762,8 @@ def load_auth_modules_file(path: Path) -> dict[str, AuthModule]:
 def describe_validation_error(exc: ValidationError) -> str:
     """Return the first error of a pydantic ValidationError as 'field.path: message'."""
     first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(_FIELD_OF_ALIAS.get(str(part), str(part)) for part in first["loc"])
+    # A key of the file or the environment may be 100,000 characters long: named, not quoted.
+    where = ".".join(_FIELD_OF_ALIAS.get(str(part), str(part))[:80] for part in first["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own words
     if not where and first["type"] == "value_error":
