@@ -79,9 +79,13 @@ def read_text_file(
     """Return a UTF-8 file's text; raise `error` with one line saying why it cannot be read."""
     data = read_file(path, error, limit=limit)
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    if "\0" in text:
+        # libpq would end a password or a DSN read from the file at the NUL, silently.
+        raise error(f"{path}: a NUL byte, in no text file")
+    return text
 
 
 def is_directory(path: Path, error: type[ExporterError] = ConfigError) -> bool:

@@ -193,6 +193,7 @@ class TargetSettings(BaseModel):
                 raise ConfigError(
                     f"{where}.dsn_env: environment variable {self.dsn_env} is not set"
                 )
+            _check_text(dsn, f"{where}.dsn_env: {self.dsn_env}")
         else:
             assert self.dsn is not None
             dsn = self.dsn.get_secret_value()
@@ -204,12 +205,21 @@ class TargetSettings(BaseModel):
                 raise ConfigError(
                     f"{where}.password_env: environment variable {self.password_env} is not set"
                 )
+            _check_text(password, f"{where}.password_env: {self.password_env}")
         elif self.password_file is not None:
             try:
                 password = read_text_file(self.password_file).rstrip("\r\n")
             except ConfigError as exc:
                 raise ConfigError(f"{where}.password_file: cannot read {exc}") from None
         return make_conninfo(dsn, password=password) if password is not None else dsn
+
+
+def _check_text(value: str, where: str) -> None:
+    """Raise ConfigError naming `where` if a value read indirectly is no text a server takes."""
+    try:
+        usable_text(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 class _EnvSource(EnvSettingsSource):
