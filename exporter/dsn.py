@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 
 import psycopg
 from psycopg import pq
@@ -19,8 +21,12 @@ _KEYWORD_START = re.compile(r"\s*([a-z_]+)\s*=")
 
 
 def libpq_keywords() -> frozenset[str]:
-    """Return the connection keywords the libpq in use knows."""
-    return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
+    """Return the connection keywords the libpq in use knows.
+
+    From parsing an empty string, not from libpq's defaults: those read the environment and
+    the service file it names (a FIFO there would hang the start).
+    """
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.parse(b""))
 
 
 def split_dsns(text: str) -> list[str]:
@@ -108,6 +114,67 @@ _INTEGER_OPTIONS = (
 )
 
 
+#: Files libpq opens itself, by keyword and by environment variable, and where it looks by
+#: default (a path under ~). It opens them synchronously: a FIFO there would stop the event
+#: loop (a service or password file at every connection start, certificates at every TLS
+#: handshake), /dev/zero would be read without end.
+_LIBPQ_FILES = (
+    ("passfile", "PGPASSFILE", "~/.pgpass"),
+    ("sslrootcert", "PGSSLROOTCERT", "~/.postgresql/root.crt"),
+    ("sslcert", "PGSSLCERT", "~/.postgresql/postgresql.crt"),
+    ("sslkey", "PGSSLKEY", "~/.postgresql/postgresql.key"),
+    ("sslcrl", "PGSSLCRL", "~/.postgresql/root.crl"),
+)
+
+
+def _not_a_file(path: str) -> bool:
+    """Tell whether a path exists as something libpq must not read: a FIFO, a device."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False  # missing or unreadable: libpq says so itself, or goes without
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return False  # a directory: libpq's own error at once
+    return not (stat.S_ISCHR(mode) and os.path.realpath(path) == os.devnull)  # "none"
+
+
+def file_problem(options: dict[str, str]) -> str | None:
+    """Return which file libpq would open that is no regular file (a FIFO, /dev/zero), or None.
+
+    The DSN's keywords, then libpq's environment variables, then its defaults under ~, and
+    the service file whenever a service is asked for. /dev/null is allowed (PGPASSFILE=/dev/null
+    is how a password file is turned off).
+
+    >>> file_problem({"passfile": "/dev/zero"})
+    'passfile: /dev/zero is not a regular file (libpq would read it without end)'
+    >>> file_problem({"sslrootcert": "system", "passfile": "/dev/null"}) is None
+    True
+    """
+    candidates: list[tuple[str, str]] = []
+    for keyword, variable, default in _LIBPQ_FILES:
+        named = options.get(keyword) or os.environ.get(variable)
+        if keyword == "sslrootcert" and named == "system":
+            continue
+        candidates.append(
+            (
+                keyword if options.get(keyword) else variable if named else keyword,
+                named or os.path.expanduser(default),
+            )
+        )
+    if options.get("service") or os.environ.get("PGSERVICE"):
+        service_file = os.environ.get("PGSERVICEFILE") or os.path.expanduser("~/.pg_service.conf")
+        candidates.append(
+            ("PGSERVICEFILE" if os.environ.get("PGSERVICEFILE") else "service", service_file)
+        )
+        sysconf = os.environ.get("PGSYSCONFDIR")
+        if sysconf:
+            candidates.append(("PGSYSCONFDIR", os.path.join(sysconf, "pg_service.conf")))
+    for where, path in candidates:
+        if _not_a_file(path):
+            return f"{where}: {path} is not a regular file (libpq would read it without end)"
+    return None
+
+
 def option_problem(options: dict[str, str]) -> str | None:
     """Return what libpq finds wrong with a DSN's option values (one line), or None.
 
@@ -125,6 +192,9 @@ def option_problem(options: dict[str, str]) -> str | None:
     >>> option_problem({"connect_timeout": "soon"})
     "connect_timeout: 'soon' is not an integer"
     """
+    problem = file_problem(options)
+    if problem is not None:  # before libpq is asked: it would open the file
+        return problem
     for name in _INTEGER_OPTIONS:
         value = options.get(name, "").strip()
         if value and not value.lstrip("-").isdigit():

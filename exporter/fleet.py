@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from exporter import selfmetrics
 from exporter.catalog import Catalog
-from exporter.dsn import server_label, server_labels, target_name_for
+from exporter.dsn import file_problem, server_label, server_labels, target_name_for
 from exporter.errors import ConfigError
 from exporter.merged import SERVER_LABEL, MergedServer, MergedTargets
 from exporter.settings import Settings
@@ -118,6 +118,10 @@ def build_fleet(settings: Settings, catalog: Catalog) -> Fleet:
         builtin=not settings.disable_default_metrics,
     )
     dsns = settings.data_sources()
+    if not dsns:  # libpq's defaults: its variables alone say which files it opens
+        problem = file_problem({})
+        if problem is not None:
+            raise ConfigError(f"libpq's defaults: {problem}")
     _check_const_labels(settings, collectors, merged=len(dsns) > 1)
     named = {
         name: Target(name, target.resolve_dsn(name), settings, collectors, kind=target.type)

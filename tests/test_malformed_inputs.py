@@ -222,6 +222,26 @@ FORMS: list[Case] = [
          files={"pw": f"{SECRET}\x00rest"}, expected="data_source_pass_file"),
     Case("env-uri-file-nul", env={"DATA_SOURCE_URI_FILE": "{uri}"},
          files={"uri": "db/x\x00password=x"}, expected="a NUL byte"),
+    # Files libpq opens itself, synchronously: a FIFO there would stop the event loop.
+    Case("libpq-service-file-fifo",
+         env={"DATA_SOURCE_NAME": f"service=db password={SECRET}", "PGSERVICEFILE": "{fifo}"},
+         expected="PGSERVICEFILE"),
+    Case("libpq-service-file-zero",
+         env={"DATA_SOURCE_NAME": "host=db,host=db2", "PGSERVICE": "x",
+              "PGSERVICEFILE": "/dev/zero"},
+         expected="PGSERVICEFILE: /dev/zero is not a regular file"),
+    Case("libpq-passfile-fifo", env={"DATA_SOURCE_NAME": "host=db passfile={fifo}"},
+         expected="passfile"),
+    Case("libpq-defaults-passfile-zero", env={"PGPASSFILE": "/dev/zero"},
+         expected="libpq's defaults: PGPASSFILE"),
+    Case("libpq-target-sslrootcert-fifo",
+         env={"PG_EXPORTER_TARGETS": '{"a": {"dsn": "host=db sslrootcert={fifo}"}}'},
+         expected="targets.a: sslrootcert"),
+    Case("libpq-auth-module-sslkey-fifo", ("--config.file", "{a}"),
+         files={"a": "auth_modules:\n  m:\n    type: userpass\n"
+                     f"    userpass: {{username: u, password: {SECRET}}}\n"
+                     "    options: {sslkey: '{fifo}'}\n"},
+         expected="sslkey"),
     Case("env-dir-name-too-long", env={"PG_EXPORTER_COLLECTOR_DIRS": "/" + "d" * 5000},
          expected="file name too long"),
     Case("env-collector-dir-is-a-file", env={"PG_EXPORTER_COLLECTOR_DIRS": "/dev/null"},
@@ -412,7 +432,7 @@ def test_every_malformed_input_is_one_line_and_status_2(
     for name, content in case.files.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        path.write_bytes(content if isinstance(content, bytes) else place(content).encode())
     files = {name: str(tmp_path / name) for name in case.files}
     args = [place(arg, **files) for arg in case.args]
     env = {name: place(value, **files) for name, value in case.env.items()}
