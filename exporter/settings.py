@@ -442,6 +442,15 @@ class Settings(BaseSettings):
             )
         return path
 
+    @field_validator("runbook_url")
+    @classmethod
+    def _runbook_url(cls, url: str) -> str:
+        # It becomes every link of the health page: a web address or a path, never a
+        # `javascript:` (or other scheme's) link a browser would run.
+        if not re.match(r"(?i)(https?://[^\s/]|/(?!/))", url) or re.search(r"[\s\x00-\x1f]", url):
+            raise ValueError(f"{url[:40]!r} must be an http(s) URL or a path starting with '/'")
+        return url
+
     @field_validator("partition_retention_default", "matview_refresh_interval_default")
     @classmethod
     def _an_interval(cls, value: str) -> str:

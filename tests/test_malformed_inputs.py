@@ -204,6 +204,9 @@ FORMS: list[Case] = [
          expected="partition_retention: not JSON"),
     Case("env-collection-timeout-year", env={"PG_EXPORTER_COLLECTION_TIMEOUT": "9999h"},
          expected="scrape_timeout_seconds"),
+    # Every link of the health page: never a link a browser would run.
+    Case("env-runbook-url-javascript", env={"PG_EXPORTER_RUNBOOK_URL": "javascript:alert(1)"},
+         expected="runbook_url"),
     # Bytes that were not UTF-8 reach Python as surrogates: no server can take them.
     Case("env-not-utf8", env={"PG_EXPORTER_APPLICATION_NAME": "caf\udce9"},
          expected="application_name: not UTF-8 (at character 4)"),
