@@ -549,6 +549,20 @@ def every_interface(port: int) -> socket.socket:
     return listening
 
 
+def _bind_failure(exc: OSError) -> str:
+    """Say why a listening socket could not be made, the same on every Python.
+
+    A name that does not resolve is a gaierror: its errno is getaddrinfo's. From Python 3.12,
+    asyncio skips an address it cannot assign (EADDRNOTAVAIL, taken for a family the host
+    lacks) and, with none left, raises an OSError without an errno: it is that error.
+    """
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    if exc.errno is None and str(exc).startswith("could not bind on any address"):
+        return os.strerror(errno.EADDRNOTAVAIL)
+    return exc.strerror or str(exc)
+
+
 def _where(listening: socket.socket) -> str:
     """Say where a socket listens: HOST:PORT, or a Unix socket's path (@NAME if abstract).
 
@@ -610,11 +624,7 @@ async def serve_forever(
                     servers.append(server)
                 except OSError as exc:
                     # A name that does not resolve is a gaierror: its errno is getaddrinfo's.
-                    reason = (
-                        os.strerror(exc.errno)
-                        if exc.errno and exc.errno > 0
-                        else exc.strerror or str(exc)
-                    )
+                    reason = _bind_failure(exc)
                     raise ExporterError(
                         f"cannot listen on {host}:{port}: {reason.lower()}"
                     ) from None
