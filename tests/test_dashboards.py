@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,7 +43,14 @@ from tests.dashboards_support import (
     recorded_names,
     substitute,
 )
-from tests.support import MONITOR_ROLE, REPOSITORY, Server, promtool, scrape_async
+from tests.support import (
+    MONITOR_ROLE,
+    REPOSITORY,
+    Server,
+    import_script,
+    promtool,
+    scrape_async,
+)
 
 ROOT = REPOSITORY
 RULE_TESTS = sorted((DASHBOARDS / "tests").glob("*.yml"))
@@ -92,13 +98,7 @@ def catalog_names() -> set[str]:
 
 def load_generator() -> ModuleType:
     """Import dashboards/generate.py (dashboards/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("dashboards_generate", DASHBOARDS / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_script(DASHBOARDS / "generate.py")
 
 
 # ------------------------------------------------------------------------ dashboards

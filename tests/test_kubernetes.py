@@ -10,7 +10,6 @@ unknown fields fail, as the API server's strict field validation would refuse th
 from __future__ import annotations
 
 import copy
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from exporter.settings import load_settings
-from tests.support import promtool
+from tests.support import import_script, promtool
 
 ROOT = Path(__file__).parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -43,11 +42,7 @@ Resource = dict[str, Any]
 
 
 def _module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"deploy_{name}", KUBERNETES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(KUBERNETES / f"{name}.py")
 
 
 render = _module("render")

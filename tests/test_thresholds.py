@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +16,7 @@ from exporter.fleet import Fleet
 from exporter.runbook import render_markdown, runbook_markdown
 from exporter.server import build_app
 from exporter.settings import Settings
+from tests.support import import_script
 
 ROOT = Path(__file__).parent.parent
 ALERTS = ROOT / "dashboards" / "alerts.yml"
@@ -25,15 +24,7 @@ ALERTS = ROOT / "dashboards" / "alerts.yml"
 
 def generator() -> ModuleType:
     """Import dashboards/generate_alerts.py (dashboards/ is not a package)."""
-    name = "dashboards_generate_alerts"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "dashboards" / "generate_alerts.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_script(ROOT / "dashboards" / "generate_alerts.py")
 
 
 def rules() -> list[dict[str, Any]]:
